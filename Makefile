@@ -1,0 +1,34 @@
+# BrainFM-Lightning developer targets. Every target installs what it needs into .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# Pinned first so that no CUDA build of torch is pulled in by lightning/monai/transformers.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet "$(TORCH_SPEC)" -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/brainfm fit --config configs/pretrain/quickstart.yaml
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check src data_modules tests
+
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,46 @@
+"""The embedded SYNTHETIC demo dataset, built on first use from the MNI152 template inside nilearn."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from brainfm_lightning.data import Session
+from brainfm_lightning.data.demo import ensure_demo_dataset
+from data_modules.manifest import ManifestDataModule
+
+
+class DemoDataModule(ManifestDataModule):
+    """Synthetic sessions (random subsets of T1/T2/PD/FLAIR with white-matter lesions), built under ``root``.
+
+    Args:
+        root: Folder of the demo dataset; built there on first use (no download).
+        n_subjects: Subjects (one session each) in the demo dataset.
+        demo_seed: Seed of the synthetic subjects.
+        demo_spacing: Voxel spacing of the written volumes in mm.
+        **kwargs: Everything :class:`ManifestDataModule` takes, except ``manifest``.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/demo",
+        n_subjects: int = 24,
+        demo_seed: int = 0,
+        demo_spacing: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
+        self.root = root
+        self.build_kwargs = dict(n_subjects=n_subjects, seed=demo_seed, spacing=demo_spacing)
+        super().__init__(manifest=str(Path(root) / "manifest.csv"), **kwargs)
+
+    def _check_manifest(self) -> None:
+        """The manifest is written by :meth:`prepare_data`, so it need not exist yet."""
+
+    def prepare_data(self) -> None:
+        ensure_demo_dataset(self.root, **self.build_kwargs)
+
+    @cached_property
+    def sessions(self) -> list[Session]:
+        self.prepare_data()  # safe if several processes race: the build is atomic
+        return super().sessions

@@ -1,0 +1,126 @@
+"""Sessions from a CSV manifest (``subject,session,modality,path``): the generic way to bring a dataset."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from brainfm_lightning.data import Session, SessionDataset, SessionPreprocessor, pad_collate, read_manifest
+from brainfm_lightning.data.dataset import BadScanPolicy
+from brainfm_lightning.data.sampling import EpochSampler
+from brainfm_lightning.models.patch_embed import to_3tuple
+
+
+class ManifestDataModule(L.LightningDataModule):
+    """Variable-modality sessions from a manifest, batched with padding.
+
+    A ``split`` column (``train``/``val``/``test``) in the manifest chooses the splits; without it, a seeded
+    ``val_fraction`` of the subjects is held out for validation (and testing).
+
+    Args:
+        manifest: The CSV file (DESIGN.md); paths inside are absolute or relative to its folder.
+        crop_size: Model input size, an int or 3 ints; must equal the network's ``img_size``.
+        spacing: Resample to this voxel spacing in mm, or ``None`` to keep each session's grid.
+        batch_size: Sessions per batch (per device).
+        num_workers: DataLoader worker processes.
+        val_fraction: Fraction of subjects held out when the manifest has no ``split`` column.
+        seed: Seed of the split, the per-epoch shuffle and the random crops.
+        bad_scan_policy: ``skip`` a bad scan with a warning naming it, or ``error`` at once.
+        flip_probability: Left-right flip probability for training sessions.
+        with_label: Load each session's label mask (segmentation).
+        max_voxels: Reject larger scans.
+        max_anisotropy: Reject scans with a larger ratio of coarsest to finest spacing.
+    """
+
+    def __init__(
+        self,
+        manifest: str,
+        crop_size: int | Sequence[int] = 64,
+        spacing: float | None = None,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        bad_scan_policy: BadScanPolicy = "skip",
+        flip_probability: float = 0.5,
+        with_label: bool = False,
+        max_voxels: int = 512**3,
+        max_anisotropy: float = 8.0,
+    ) -> None:
+        super().__init__()
+        self.crop_size = to_3tuple(crop_size, "crop_size")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+        if bad_scan_policy not in ("skip", "error"):
+            raise ValueError(f"bad_scan_policy must be 'skip' or 'error', got {bad_scan_policy!r}")
+        self.manifest = manifest
+        self.spacing = spacing
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.bad_scan_policy = bad_scan_policy
+        self.flip_probability = flip_probability
+        self.with_label = with_label
+        self.load_kwargs = dict(max_voxels=max_voxels, max_anisotropy=max_anisotropy)
+        self._check_manifest()
+
+    def _check_manifest(self) -> None:
+        if not Path(self.manifest).is_file():
+            raise FileNotFoundError(f"manifest not found: {self.manifest} (data.manifest)")
+
+    @cached_property
+    def sessions(self) -> list[Session]:
+        return read_manifest(self.manifest)
+
+    @property
+    def modality_names(self) -> list[str]:
+        """Every modality name in the manifest, sorted."""
+        return sorted({m for s in self.sessions for m in s.modalities})
+
+    @cached_property
+    def splits(self) -> dict[str, list[Session]]:
+        if all("split" in s.targets for s in self.sessions):
+            return {name: [s for s in self.sessions if s.targets["split"] == name] for name in ("train", "val", "test")}
+        subjects = sorted({s.subject for s in self.sessions})
+        random.Random(self.seed).shuffle(subjects)
+        n_val = math.ceil(self.val_fraction * len(subjects)) if self.val_fraction and len(subjects) > 1 else 0
+        held_out = set(subjects[:n_val])
+        val = [s for s in self.sessions if s.subject in held_out]
+        return {"train": [s for s in self.sessions if s.subject not in held_out], "val": val, "test": val}
+
+    def _dataset(self, sessions: list[Session], train: bool) -> SessionDataset:
+        preprocessor = SessionPreprocessor(self.crop_size, self.spacing, random_crop=train,
+                                           flip_probability=self.flip_probability if train else 0.0)
+        return SessionDataset(sessions, preprocessor, policy=self.bad_scan_policy, with_label=self.with_label,
+                              seed=self.seed, **self.load_kwargs)
+
+    def _loader(self, sessions: list[Session], train: bool) -> DataLoader:
+        dataset = self._dataset(sessions, train)
+        trainer = self.trainer
+        sampler = EpochSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
+                               rank=trainer.global_rank if trainer else 0, shuffle=train, seed=self.seed)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=pad_collate, persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.splits["train"]:
+            raise ValueError(f"{self.manifest}: no training sessions")
+        return self._loader(self.splits["train"], train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.splits["val"], train=False) if self.splits["val"] else []
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._loader(self.splits["test"], train=False) if self.splits["test"] else []
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.sessions, train=False)

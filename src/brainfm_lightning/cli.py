@@ -1,0 +1,92 @@
+"""The ``brainfm`` command: Lightning's ``fit/validate/test/predict`` plus the ``data`` and ``modalities`` tools."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+TOOL_GROUPS = ("data", "modalities")
+
+OVERVIEW = """usage: brainfm COMMAND [options]
+
+Pretrain and transfer modality-conditioned 3D masked autoencoders for brain MRI.
+
+Training (LightningCLI; configs compose left to right, every dotted key can be overridden):
+  fit        train:            brainfm fit --config configs/pretrain/quickstart.yaml
+  validate   validate a checkpoint
+  test       test a checkpoint
+  predict    predict with a checkpoint
+
+Tools:
+  data        demo | check | prepare     build the demo data, check a dataset, ...
+  modalities  embed | similarity         modality text embeddings
+
+Run `brainfm COMMAND --help` for the options of a command.
+"""
+
+
+class BrainFMCLI(LightningCLI):
+    """LightningCLI in omegaconf mode, with models and datamodules chosen by ``class_path``."""
+
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse's LightningArgumentParser
+        parser.add_argument("--save_modality_table", type=str | None, default=None,
+                            help="Also write the modality table to this .safetensors file at the end of fit.")
+
+    def after_fit(self) -> None:
+        path = self.config.get(self.subcommand, {}).get("save_modality_table") if self.subcommand else None
+        if path and self.trainer.is_global_zero:
+            self.model.save_modality_table(path)
+
+
+def run_lightning(argv: Sequence[str]) -> None:
+    BrainFMCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+        args=list(argv),
+        auto_configure_optimizers=False,
+    )
+
+
+def tool_parser() -> argparse.ArgumentParser:
+    """``brainfm data ...`` and ``brainfm modalities ...``."""
+    from brainfm_lightning.data import commands as data_commands
+    from brainfm_lightning.modalities import commands as modality_commands
+
+    parser = argparse.ArgumentParser(prog="brainfm", description="BrainFM-Lightning tools.")
+    groups = parser.add_subparsers(dest="group", required=True)
+    data = groups.add_parser("data", help="Datasets: demo data, checks, preparation.",
+                             description="Datasets: build the synthetic demo data, check a dataset for bad scans.")
+    data_commands.register(data.add_subparsers(dest="command", required=True))
+    modalities = groups.add_parser("modalities", help="Modality text embeddings.",
+                                   description="Embed modality names with a text encoder and inspect the table.")
+    modality_commands.register(modalities.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``brainfm`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(OVERVIEW)
+        return 0
+    if argv[0] in TOOL_GROUPS:
+        args = tool_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    if argv[0] not in LIGHTNING_COMMANDS:
+        print(f"brainfm: unknown command {argv[0]!r}\n\n{OVERVIEW}", file=sys.stderr)
+        return 2
+    run_lightning(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

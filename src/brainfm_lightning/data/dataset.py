@@ -1,0 +1,125 @@
+"""Map-style dataset of sessions, with the bad-scan policy, and the padding collation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from brainfm_lightning.data.io import ScanError, load_scan
+from brainfm_lightning.data.manifest import Session
+from brainfm_lightning.data.preprocess import SessionPreprocessor
+
+log = logging.getLogger(__name__)
+BadScanPolicy = Literal["skip", "error"]
+
+
+class SessionDataset(Dataset):
+    """Loads and preprocesses whole sessions.
+
+    A bad scan (see :func:`load_scan`) is skipped with a warning naming the file (``policy="skip"``) or raises
+    :class:`ScanError` at once (``policy="error"``); a session with no usable scan left yields ``None``, which
+    :func:`pad_collate` drops.
+
+    Args:
+        sessions: The sessions to serve.
+        preprocessor: Turns loaded scans into a ``[M, D, H, W]`` tensor.
+        policy: ``"skip"`` or ``"error"``.
+        with_label: Also load each session's label mask (sessions without one are an error).
+        seed: Base seed of the per-sample random generator (crop offsets, flips).
+        max_voxels: Passed to :func:`load_scan`.
+        max_anisotropy: Passed to :func:`load_scan`.
+    """
+
+    def __init__(
+        self,
+        sessions: Sequence[Session],
+        preprocessor: SessionPreprocessor,
+        policy: BadScanPolicy = "skip",
+        with_label: bool = False,
+        seed: int = 0,
+        max_voxels: int = 512**3,
+        max_anisotropy: float = 8.0,
+    ) -> None:
+        if policy not in ("skip", "error"):
+            raise ValueError(f"bad-scan policy must be 'skip' or 'error', got {policy!r}")
+        self.sessions = list(sessions)
+        self.preprocessor = preprocessor
+        self.policy = policy
+        self.with_label = with_label
+        self.seed = seed
+        self.load_kwargs = dict(max_voxels=max_voxels, max_anisotropy=max_anisotropy)
+        self.skipped_scans = 0
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        """``key`` is an index, or ``(epoch, index)`` from :class:`EpochSampler` so random crops vary per epoch."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        session = self.sessions[index]
+        volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for scan in session.scans:
+            try:
+                volumes[scan.modality] = load_scan(scan.path, **self.load_kwargs)
+            except ScanError as error:
+                if self.policy == "error":
+                    raise
+                self.skipped_scans += 1
+                log.warning("skipping bad scan of %s: %s", session.session_id, error)
+        if not volumes:
+            log.warning("skipping session %s: no usable scan left", session.session_id)
+            return None
+        label = None
+        if self.with_label:
+            if session.label_path is None:
+                raise ScanError(session.scans[0].path, f"session {session.session_id} has no label mask row")
+            label = load_scan(session.label_path, allow_constant=True, **self.load_kwargs)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        images, label_tensor = self.preprocessor(volumes, label=label, rng=rng)
+        if not torch.isfinite(images).all():  # the last line of defence: nothing non-finite reaches the model
+            raise ScanError(session.scans[0].path, f"preprocessing of {session.session_id} produced non-finite values")
+        sample: dict[str, Any] = {
+            "images": images,
+            "modalities": list(volumes),
+            "session_id": session.session_id,
+            "targets": dict(session.targets),
+        }
+        if label_tensor is not None:
+            sample["label"] = label_tensor
+        return sample
+
+
+def pad_collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Batch sessions with different numbers of modalities by padding to the most in the batch.
+
+    Returns:
+        ``images`` float ``[B, M, D, H, W]`` (padded slots are zero), ``present`` bool ``[B, M]``,
+        ``modalities`` list of ``B`` lists of ``M`` names (``""`` for padding), ``session_ids``, ``targets``,
+        and ``label`` ``[B, 1, D, H, W]`` when the samples have one; ``None`` if every sample was skipped.
+    """
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        return None
+    most = max(len(s["modalities"]) for s in kept)
+    spatial = kept[0]["images"].shape[1:]
+    images = torch.zeros(len(kept), most, *spatial)
+    present = torch.zeros(len(kept), most, dtype=torch.bool)
+    for row, sample in enumerate(kept):
+        count = len(sample["modalities"])
+        images[row, :count] = sample["images"]
+        present[row, :count] = True
+    batch: dict[str, Any] = {
+        "images": images,
+        "present": present,
+        "modalities": [s["modalities"] + [""] * (most - len(s["modalities"])) for s in kept],
+        "session_ids": [s["session_id"] for s in kept],
+        "targets": [s["targets"] for s in kept],
+    }
+    if "label" in kept[0]:
+        batch["label"] = torch.stack([s["label"] for s in kept])
+    return batch

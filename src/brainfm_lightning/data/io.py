@@ -1,0 +1,67 @@
+"""Reading one scan with nibabel, and the checks that keep bad input away from the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class ScanError(Exception):
+    """A scan that cannot be used. ``str()`` names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def load_scan(
+    path: str | Path, max_voxels: int = 512**3, max_anisotropy: float = 8.0, allow_constant: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load a 3D NIfTI scan reoriented to RAS, after checking it is usable.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        max_voxels: Larger volumes are rejected (a guard against absurd inputs).
+        max_anisotropy: Largest allowed ratio of the coarsest to the finest voxel spacing.
+        allow_constant: Accept a constant volume (an empty label mask is one).
+
+    Returns:
+        ``(data, affine)``: float32 ``[X, Y, Z]`` and the 4x4 RAS affine.
+
+    Raises:
+        ScanError: Missing, unsupported extension, unreadable or truncated, not 3D (a 4D scan with a single
+            volume is accepted), too large, too anisotropic, non-finite voxels or constant.
+    """
+    path = Path(path)
+    if not path.name.endswith(NIFTI_SUFFIXES):
+        raise ScanError(path, f"unsupported extension (expected one of {NIFTI_SUFFIXES})")
+    if not path.is_file():
+        raise ScanError(path, "file not found")
+    try:
+        image = nib.load(path)
+        shape = image.shape
+        if len(shape) == 4 and shape[3] == 1:
+            image = image.slicer[..., 0]
+        elif len(shape) != 3:
+            raise ScanError(path, f"expected a 3D volume, got shape {shape}")
+        if int(np.prod(shape[:3])) > max_voxels:
+            raise ScanError(path, f"volume of {shape[:3]} exceeds the limit of {max_voxels} voxels")
+        zooms = np.asarray(image.header.get_zooms()[:3], dtype=float)
+        if np.any(zooms <= 0) or zooms.max() / zooms.min() > max_anisotropy:
+            raise ScanError(path, f"voxel spacing {tuple(zooms)} is more anisotropic than {max_anisotropy}:1")
+        image = nib.as_closest_canonical(image)
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except ScanError:
+        raise
+    except Exception as error:  # nibabel raises many types for broken or truncated files
+        raise ScanError(path, f"unreadable ({type(error).__name__}: {error})") from error
+    if not np.isfinite(data).all():
+        raise ScanError(path, f"{int((~np.isfinite(data)).sum())} non-finite (NaN/Inf) voxels")
+    if not allow_constant and float(data.max()) == float(data.min()):
+        raise ScanError(path, f"constant volume (every voxel is {float(data.min())})")
+    return data, image.affine

@@ -1,0 +1,75 @@
+"""Pretraining objective, Eq. (2)-(4): masked reconstruction plus VICReg variance/covariance terms."""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mse_loss(
+    pred: torch.Tensor, target: torch.Tensor, is_masked: torch.Tensor, norm_pix_loss: bool = False
+) -> torch.Tensor:
+    """``L_MAE``: mean squared error over the voxels of masked, valid patches only.
+
+    Args:
+        pred: ``[B, N, P]`` reconstructed patches (not clamped).
+        target: ``[B, N, P]`` original patches.
+        is_masked: bool ``[B, N]``: masked and not padding.
+        norm_pix_loss: Normalise each target patch by its own mean and variance (MAE's ``norm_pix_loss``).
+
+    Returns:
+        Scalar; 0 when nothing is masked.
+    """
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+    per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # [B, N]; every patch has P voxels
+    weight = is_masked.to(per_patch.dtype)
+    return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)  # mean loss on removed patches
+
+
+def variance_loss(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Eq. (2): ``mean_j ReLU(1 - sqrt(Var(z_j) + eps))``.
+
+    ``eps`` sits inside the square root, as in the VICReg reference (the paper prints it outside).
+
+    Args:
+        z: Encoder features ``[N, D]`` of all valid visible tokens of the batch.
+        eps: Numerical floor of the variance.
+
+    Returns:
+        Scalar; 0 for ``N < 2`` where a variance is undefined.
+    """
+    if z.dim() != 2:
+        raise ValueError(f"z must be [N, D], got shape {tuple(z.shape)}")
+    if z.shape[0] < 2:
+        return z.new_zeros(())
+    std = torch.sqrt(z.float().var(dim=0) + eps)  # unbiased, N - 1
+    return torch.relu(1.0 - std).mean()
+
+
+def covariance_loss(z: torch.Tensor) -> torch.Tensor:
+    """Eq. (3): ``(1/D) * sum_{i != j} Cov(z_i, z_j)^2`` with the ``N - 1`` divisor.
+
+    Args:
+        z: Encoder features ``[N, D]``.
+
+    Returns:
+        Scalar; 0 for ``N < 2``.
+    """
+    if z.dim() != 2:
+        raise ValueError(f"z must be [N, D], got shape {tuple(z.shape)}")
+    n, d = z.shape
+    if n < 2:
+        return z.new_zeros(())
+    centred = z.float() - z.float().mean(dim=0)
+    cov = centred.T @ centred / (n - 1)  # [D, D]
+    off_diagonal = cov.pow(2).sum() - cov.diagonal().pow(2).sum()
+    return off_diagonal / d
+
+
+def pretraining_loss(
+    loss_mae: torch.Tensor, loss_var: torch.Tensor, loss_cov: torch.Tensor, lambda_var: float, lambda_cov: float
+) -> torch.Tensor:
+    """Eq. (4): ``L_MAE + lambda_var * L_var + lambda_cov * L_cov``."""
+    return loss_mae + lambda_var * loss_var + lambda_cov * loss_cov

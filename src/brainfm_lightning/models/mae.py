@@ -1,0 +1,206 @@
+"""Modality-conditioned 3D masked autoencoder (plain torch, no Lightning)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from brainfm_lightning.masking import padding_aware_mask, visible_index
+from brainfm_lightning.models.patch_embed import PatchEmbed3d, patchify, to_3tuple
+from brainfm_lightning.models.pos_embed import sincos_3d
+from brainfm_lightning.models.presets import preset_config
+from brainfm_lightning.models.transformer import ConditionedTransformer
+
+
+@dataclass
+class MAEOutput:
+    """What the losses need from one forward pass (``N = M * L`` tokens, ``K`` = most visible tokens)."""
+
+    pred: torch.Tensor  # [B, N, P] reconstruction of every patch, P voxels per patch
+    target: torch.Tensor  # [B, N, P] the input's patches (padded slots zeroed)
+    keep: torch.Tensor  # bool [B, N] visible to the encoder
+    valid: torch.Tensor  # bool [B, N] not padding
+    features: torch.Tensor  # [B, K, D] encoder output for the visible tokens
+    features_valid: torch.Tensor  # bool [B, K] False for the filler slots of rows with fewer visible tokens
+
+    @property
+    def is_masked(self) -> torch.Tensor:
+        """bool [B, N]: hidden from the encoder and not padding; the reconstruction loss covers these."""
+        return self.valid & ~self.keep
+
+    def visible_features(self) -> torch.Tensor:
+        """``[N_visible, D]``: encoder features of all valid visible tokens of the batch (VICReg's ``z``)."""
+        return self.features[self.features_valid]
+
+
+class ModalityMAE(nn.Module):
+    """Masked autoencoder over all sequences of an MRI session, conditioned on text-derived modality embeddings.
+
+    Every size argument left as ``None`` takes the value of ``preset``; keyword names follow fb/mae's
+    ``MaskedAutoencoderViT``.
+
+    Args:
+        img_size: Crop size, an int or a 3-tuple; each divisible by ``patch_size``.
+        patch_size: Patch edge, an int or a 3-tuple.
+        modality_dim: Width of the modality text embeddings (384 for MiniLM, 768 for BioBERT).
+        embed_dim: Encoder width.
+        depth: Encoder blocks.
+        num_heads: Encoder attention heads.
+        decoder_embed_dim: Decoder width.
+        decoder_depth: Decoder blocks.
+        decoder_num_heads: Decoder attention heads.
+        mlp_ratio: MLP hidden width over the token width.
+        mask_ratio: Fraction of each session's valid tokens hidden from the encoder, in (0, 1).
+        preset: Named size that fills the arguments left as ``None`` (``test``, ``small``, ``base``).
+    """
+
+    def __init__(
+        self,
+        img_size: int | Sequence[int] | None = None,
+        patch_size: int | Sequence[int] | None = None,
+        modality_dim: int | None = None,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        decoder_embed_dim: int | None = None,
+        decoder_depth: int | None = None,
+        decoder_num_heads: int | None = None,
+        mlp_ratio: float = 4.0,
+        mask_ratio: float = 0.75,
+        preset: str = "base",
+    ) -> None:
+        super().__init__()
+        given = dict(img_size=img_size, patch_size=patch_size, modality_dim=modality_dim, embed_dim=embed_dim,
+                     depth=depth, num_heads=num_heads, decoder_embed_dim=decoder_embed_dim,
+                     decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads)
+        cfg = preset_config(preset) | {k: v for k, v in given.items() if v is not None}
+        self.img_size = to_3tuple(cfg["img_size"], "img_size")
+        self.patch_size = to_3tuple(cfg["patch_size"], "patch_size")
+        if any(i % p for i, p in zip(self.img_size, self.patch_size, strict=True)):
+            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
+        self.mask_ratio = mask_ratio
+        self.config = cfg | dict(mlp_ratio=mlp_ratio, mask_ratio=mask_ratio, preset=preset)
+        self.grid = tuple(i // p for i, p in zip(self.img_size, self.patch_size, strict=True))
+        self.tokens_per_modality = self.grid[0] * self.grid[1] * self.grid[2]
+        self.modality_dim = cfg["modality_dim"]
+        dim, dec_dim = cfg["embed_dim"], cfg["decoder_embed_dim"]
+        patch_voxels = self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
+
+        self.patch_embed = PatchEmbed3d(self.patch_size, dim)
+        self.modality_proj = nn.Linear(self.modality_dim, dim)
+        self.pos_embed = nn.Parameter(sincos_3d(self.grid, dim)[None])  # [1, L, D], shared by all modalities
+        self.encoder = ConditionedTransformer(dim, cfg["depth"], cfg["num_heads"], self.modality_dim, mlp_ratio)
+
+        self.decoder_embed = nn.Linear(dim, dec_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
+        self.decoder_modality_proj = nn.Linear(self.modality_dim, dec_dim)
+        self.decoder_pos_embed = nn.Parameter(sincos_3d(self.grid, dec_dim)[None])
+        self.decoder = ConditionedTransformer(dec_dim, cfg["decoder_depth"], cfg["decoder_num_heads"],
+                                              self.modality_dim, mlp_ratio)
+        self.decoder_pred = nn.Linear(dec_dim, patch_voxels)
+        self._init_weights()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: object) -> ModalityMAE:
+        """Build a named preset (``test``, ``small``, ``base``) with optional overrides."""
+        return cls(preset=name, **overrides)  # type: ignore[arg-type]
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.mask_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and not getattr(module, "_is_cln", False):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for module in self.modules():  # CLN keeps its identity initialisation
+            if hasattr(module, "to_scale_shift"):
+                module.reset_parameters()
+
+    def _embed(
+        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens ``[B, N, D]``, their validity ``[B, N]``, modality slot ``[B, N]`` and cleaned embeddings."""
+        b, m = present.shape
+        if images.shape[:2] != (b, m) or tuple(images.shape[2:]) != self.img_size:
+            raise ValueError(f"images must be [B, M, *{self.img_size}] with [B, M] = {(b, m)}, "
+                             f"got {tuple(images.shape)}")
+        if modality_embeddings.shape != (b, m, self.modality_dim):
+            raise ValueError(f"modality_embeddings must be {(b, m, self.modality_dim)}, "
+                             f"got {tuple(modality_embeddings.shape)}")
+        # padded slots may hold anything, NaN included: zero them so nothing leaks through 0 * NaN
+        images = images.masked_fill(~present[:, :, None, None, None], 0.0)
+        modality_embeddings = modality_embeddings.masked_fill(~present[..., None], 0.0)
+        slot = torch.arange(m, device=images.device).repeat_interleave(self.tokens_per_modality)
+        slot = slot[None].expand(b, -1)  # [B, N]
+        valid = present.gather(1, slot)
+        tokens = self.patch_embed(images) + self.pos_embed.repeat(1, m, 1)
+        per_slot = self.modality_proj(modality_embeddings)  # [B, M, D]
+        tokens = tokens + per_slot.gather(1, slot[..., None].expand(-1, -1, tokens.shape[-1]))
+        return tokens, valid, slot, modality_embeddings
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        modality_embeddings: torch.Tensor,
+        present: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> MAEOutput:
+        """Mask, encode the visible tokens, and reconstruct every patch.
+
+        Args:
+            images: float ``[B, M, D, H, W]``; slots with ``present`` False hold anything.
+            modality_embeddings: float ``[B, M, modality_dim]``.
+            present: bool ``[B, M]``, False for padded slots; each session needs one present slot.
+            generator: Optional generator for a reproducible mask.
+
+        Returns:
+            :class:`MAEOutput`.
+        """
+        tokens, valid, slot, modality_embeddings = self._embed(images, modality_embeddings, present)
+        keep = padding_aware_mask(valid, self.mask_ratio, generator=generator)
+        index, features_valid = visible_index(keep)  # [B, K]
+        width = tokens.shape[-1]
+        visible = tokens.gather(1, index[..., None].expand(-1, -1, width))
+        features = self.encoder(visible, features_valid, modality_embeddings, slot.gather(1, index))
+        pred = self.forward_decoder(features, index, keep, valid, slot, modality_embeddings)
+        target = patchify(images.masked_fill(~present[:, :, None, None, None], 0.0), self.patch_size)
+        return MAEOutput(pred=pred, target=target, keep=keep, valid=valid, features=features,
+                         features_valid=features_valid)
+
+    def forward_decoder(
+        self,
+        features: torch.Tensor,
+        index: torch.Tensor,
+        keep: torch.Tensor,
+        valid: torch.Tensor,
+        slot: torch.Tensor,
+        modality_embeddings: torch.Tensor,
+    ) -> torch.Tensor:
+        """Put visible features back at their positions, fill the rest with mask tokens, decode: ``[B, N, P]``."""
+        b, n = keep.shape
+        x = self.decoder_embed(features)  # [B, K, Dd]
+        dec_dim = x.shape[-1]
+        scattered = torch.zeros(b, n, dec_dim, dtype=x.dtype, device=x.device)
+        scattered = scattered.scatter(1, index[..., None].expand(-1, -1, dec_dim), x)
+        x = torch.where(keep[..., None], scattered, self.mask_token.to(x.dtype).expand(b, n, -1))
+        m = modality_embeddings.shape[1]
+        x = x + self.decoder_pos_embed.repeat(1, m, 1)
+        x = x + self.decoder_modality_proj(modality_embeddings).gather(1, slot[..., None].expand(-1, -1, dec_dim))
+        x = self.decoder(x, valid, modality_embeddings, slot)
+        return self.decoder_pred(x)
+
+    def encode(
+        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode every valid token without masking, for transfer.
+
+        Returns:
+            ``tokens`` ``[B, M * L, D]`` and ``valid`` bool ``[B, M * L]`` (False for padded slots).
+        """
+        tokens, valid, slot, modality_embeddings = self._embed(images, modality_embeddings, present)
+        return self.encoder(tokens, valid, modality_embeddings, slot), valid

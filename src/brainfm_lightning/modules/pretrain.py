@@ -1,0 +1,160 @@
+"""LightningModule for masked-autoencoder pretraining: glue between the network, the losses and the loops."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+
+from brainfm_lightning.losses import covariance_loss, masked_mse_loss, pretraining_loss, variance_loss
+from brainfm_lightning.models import MAEOutput, ModalityMAE
+from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin
+from brainfm_lightning.modules.schedule import cosine_with_warmup, parameter_groups
+
+
+class MAEPretrainModule(ModalityEmbeddingMixin):
+    """Pretrains a :class:`ModalityMAE` with ``L_MAE + lambda_var * L_var + lambda_cov * L_cov`` (Eq. (4)).
+
+    Args:
+        net: The masked autoencoder.
+        optimizer: Optimizer factory (AdamW by default); receives parameter groups without weight decay on
+            norms, biases and embeddings.
+        weight_decay: Weight decay of the other parameters.
+        warmup_steps: Learning-rate warm-up, in optimizer steps (>= 1) or as a fraction of all steps (< 1).
+        min_lr_ratio: Final learning rate of the cosine schedule over the peak.
+        lambda_var: Target weight of the variance term (the paper's 0.1); ramped by ``VICRegWarmup``.
+        lambda_cov: Target weight of the covariance term (the paper's 0.003).
+        var_eps: ``eps`` of Eq. (2).
+        norm_pix_loss: Reconstruct per-patch normalised voxels (MAE's ``norm_pix_loss``).
+        text_encoder: ``minilm``, ``biobert`` or a local model folder; embeds modality names not in the table.
+        modality_table: Optional precomputed table (``brainfm modalities embed``) to start from.
+        descriptions: Extra modality name -> text to embed.
+        aliases: Extra alias -> canonical modality name.
+        nonfinite_loss: ``error`` stops at a non-finite loss naming the step and sessions; ``skip`` skips the step.
+    """
+
+    def __init__(
+        self,
+        net: ModalityMAE,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        weight_decay: float = 0.05,
+        warmup_steps: float = 0.05,
+        min_lr_ratio: float = 0.0,
+        lambda_var: float = 0.1,
+        lambda_cov: float = 0.003,
+        var_eps: float = 1e-4,
+        norm_pix_loss: bool = False,
+        text_encoder: str = "minilm",
+        modality_table: str | None = None,
+        descriptions: Mapping[str, str] | None = None,
+        aliases: Mapping[str, str] | None = None,
+        nonfinite_loss: Literal["error", "skip"] = "error",
+    ) -> None:
+        super().__init__()
+        if lambda_var < 0 or lambda_cov < 0:
+            raise ValueError(f"lambda_var and lambda_cov must be >= 0, got {lambda_var}, {lambda_cov}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if nonfinite_loss not in ("error", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'error' or 'skip', got {nonfinite_loss!r}")
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.net = net
+        self.optimizer_factory: Callable = optimizer
+        self.modality_dim = net.modality_dim
+        self.text_encoder, self.modality_table_path = text_encoder, modality_table
+        self.descriptions, self.aliases = descriptions, aliases
+        self.regularizer_scale = 1.0  # VICRegWarmup ramps this from 0 to 1
+        self._init_modality_table()
+        self._step_started = time.perf_counter()
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
+        crop = getattr(datamodule, "crop_size", None)
+        if crop is not None and tuple(crop) != tuple(self.net.img_size):
+            raise ValueError(f"data.crop_size {tuple(crop)} differs from the network's img_size {self.net.img_size}")
+        if hasattr(datamodule, "modality_names"):
+            self.ensure_modalities(datamodule.modality_names)
+
+    def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> MAEOutput:
+        images = batch["images"]
+        return self.net(images, self.modality_embeddings(batch["modalities"], images), batch["present"], generator)
+
+    def compute_losses(self, out: MAEOutput) -> dict[str, torch.Tensor]:
+        z = out.visible_features()
+        terms = {
+            "loss_mae": masked_mse_loss(out.pred, out.target, out.is_masked, self.hparams.norm_pix_loss),
+            "loss_var": variance_loss(z, eps=self.hparams.var_eps),
+            "loss_cov": covariance_loss(z),
+        }
+        lambda_var = self.hparams.lambda_var * self.regularizer_scale
+        lambda_cov = self.hparams.lambda_cov * self.regularizer_scale
+        terms["loss"] = pretraining_loss(terms["loss_mae"], terms["loss_var"], terms["loss_cov"],
+                                         lambda_var, lambda_cov)
+        return terms | {"lambda_var": torch.tensor(lambda_var), "lambda_cov": torch.tensor(lambda_cov)}
+
+    def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every session of the batch was skipped as bad input
+            return None
+        terms = self.compute_losses(self(batch))
+        if not torch.isfinite(terms["loss"]):
+            message = (f"non-finite loss {terms['loss'].item()} at global step {self.global_step} "
+                       f"(batch {batch_idx}, sessions {batch['session_ids']})")
+            if self.hparams.nonfinite_loss == "error":
+                raise FloatingPointError(message)
+            self.print(f"skipping step: {message}")
+            return None
+        batch_size = len(batch["session_ids"])
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False, batch_size=batch_size)
+        self.log("train/loss_mae_step", terms["loss_mae"], prog_bar=True, batch_size=batch_size, logger=False)
+        self._log_throughput(batch)
+        return terms["loss"]
+
+    def _log_throughput(self, batch: Mapping[str, Any]) -> None:
+        now = time.perf_counter()
+        elapsed, self._step_started = now - self._step_started, now
+        tokens = int(batch["present"].sum()) * self.net.tokens_per_modality
+        sessions = len(batch["session_ids"])
+        self.log_dict({"train/sessions_per_s": sessions / elapsed, "train/tokens_per_s": tokens / elapsed},
+                      batch_size=sessions)
+
+    def validation_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
+        if batch is None:
+            return
+        # the same mask for the same batch every epoch, so validation curves are comparable
+        generator = torch.Generator(device=batch["images"].device).manual_seed(batch_idx)
+        terms = self.compute_losses(self(batch, generator=generator))
+        self.log_dict({f"val/{k}": v for k, v in terms.items() if k.startswith("loss")},
+                      batch_size=len(batch["session_ids"]), sync_dist=True)
+
+    def test_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
+        if batch is None:
+            return
+        generator = torch.Generator(device=batch["images"].device).manual_seed(batch_idx)
+        terms = self.compute_losses(self(batch, generator=generator))
+        self.log_dict({f"test/{k}": v for k, v in terms.items() if k.startswith("loss")},
+                      batch_size=len(batch["session_ids"]), sync_dist=True)
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Session embeddings: the encoder's tokens (no masking) averaged over valid positions."""
+        images = batch["images"]
+        tokens, valid = self.net.encode(images, self.modality_embeddings(batch["modalities"], images), batch["present"])
+        weights = valid.to(tokens.dtype)[..., None]
+        pooled = (tokens * weights).sum(1) / weights.sum(1)
+        return {"session_ids": batch["session_ids"], "modalities": batch["modalities"], "embedding": pooled}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(parameter_groups(self.net, self.hparams.weight_decay))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = self.hparams.warmup_steps
+        warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
+        scheduler = cosine_with_warmup(optimizer, total, warmup_steps, self.hparams.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["net_config"] = dict(self.net.config)  # rebuilds the network without Lightning
