@@ -30,8 +30,22 @@ Run `brainfm COMMAND --help` for the options of a command.
 """
 
 
+class ConfigurationError(Exception):
+    """A config value that cannot work, found while building the model, data or trainer."""
+
+
 class BrainFMCLI(LightningCLI):
     """LightningCLI in omegaconf mode, with models and datamodules chosen by ``class_path``."""
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError) as error:  # constructors name the bad value; no traceback needed
+            raise ConfigurationError(str(error)) from error
+        net, crop = getattr(self.model, "net", None), getattr(self.datamodule, "crop_size", None)
+        if net is not None and crop is not None and tuple(crop) != tuple(net.img_size):
+            raise ConfigurationError(f"data.crop_size {tuple(crop)} differs from the network's img_size "
+                                     f"{tuple(net.img_size)} (model.net.init_args.img_size); set them equal")
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse's LightningArgumentParser
         parser.add_argument("--save_modality_table", type=str | None, default=None,
@@ -43,7 +57,8 @@ class BrainFMCLI(LightningCLI):
             self.model.save_modality_table(path)
 
 
-def run_lightning(argv: Sequence[str]) -> None:
+def run_lightning(argv: Sequence[str] | None) -> None:
+    """Run LightningCLI on ``argv`` (``None``: the process's own arguments)."""
     BrainFMCLI(
         LightningModule,
         LightningDataModule,
@@ -51,7 +66,7 @@ def run_lightning(argv: Sequence[str]) -> None:
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
-        args=list(argv),
+        args=None if argv is None else list(argv),
         auto_configure_optimizers=False,
     )
 
@@ -74,6 +89,7 @@ def tool_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``brainfm`` console script."""
+    explicit = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(OVERVIEW)
@@ -84,7 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] not in LIGHTNING_COMMANDS:
         print(f"brainfm: unknown command {argv[0]!r}\n\n{OVERVIEW}", file=sys.stderr)
         return 2
-    run_lightning(argv)
+    try:
+        run_lightning(argv if explicit else None)
+    except ConfigurationError as error:
+        print(f"brainfm {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -9,8 +9,18 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.core.mixins import hparams_mixin
 
 from brainfm_lightning.modalities import ModalityTable, TextEncoder
+
+
+def injected_hparams_to_ignore() -> list[str]:
+    """Hyperparameters not to save: none under LightningCLI, the injected network and optimizer otherwise.
+
+    LightningCLI saves the config with its ``class_path`` entries, so ``load_from_checkpoint`` rebuilds the
+    network from it; in plain Python the injected modules are not hyperparameters (pass ``net=`` when loading).
+    """
+    return [] if hparams_mixin._given_hyperparameters.get() is not None else ["net", "optimizer"]
 
 
 class ModalityEmbeddingMixin(L.LightningModule):

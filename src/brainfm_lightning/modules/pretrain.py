@@ -11,7 +11,7 @@ from lightning.pytorch.cli import OptimizerCallable
 
 from brainfm_lightning.losses import covariance_loss, masked_mse_loss, pretraining_loss, variance_loss
 from brainfm_lightning.models import MAEOutput, ModalityMAE
-from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin
+from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin, injected_hparams_to_ignore
 from brainfm_lightning.modules.schedule import cosine_with_warmup, parameter_groups
 
 
@@ -60,7 +60,7 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if nonfinite_loss not in ("error", "skip"):
             raise ValueError(f"nonfinite_loss must be 'error' or 'skip', got {nonfinite_loss!r}")
-        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.save_hyperparameters(ignore=injected_hparams_to_ignore())
         self.net = net
         self.optimizer_factory: Callable = optimizer
         self.modality_dim = net.modality_dim
