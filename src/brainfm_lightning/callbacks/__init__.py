@@ -1,5 +1,6 @@
 """Lightning callbacks."""
 
+from brainfm_lightning.callbacks.summary import TrainingSummary
 from brainfm_lightning.callbacks.vicreg_warmup import VICRegWarmup, warmup_scale
 
-__all__ = ["VICRegWarmup", "warmup_scale"]
+__all__ = ["TrainingSummary", "VICRegWarmup", "warmup_scale"]
