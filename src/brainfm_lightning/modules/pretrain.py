@@ -110,7 +110,8 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
             return None
         batch_size = len(batch["session_ids"])
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False, batch_size=batch_size)
-        self.log("train/loss_mae_step", terms["loss_mae"], prog_bar=True, batch_size=batch_size, logger=False)
+        self.log("train/loss_mae_epoch", terms["loss_mae"], on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=batch_size)
         self._log_throughput(batch)
         return terms["loss"]
 

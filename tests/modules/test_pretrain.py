@@ -1,0 +1,114 @@
+"""MAEPretrainModule: training steps, the modality table inside checkpoints, inference without a text encoder."""
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+
+from brainfm_lightning.modalities import TextEncoderUnavailableError
+from brainfm_lightning.models import ModalityMAE
+from brainfm_lightning.modules import MAEPretrainModule
+from data_modules import ManifestDataModule
+
+
+def trainer(tmp_path, **kwargs) -> L.Trainer:
+    options = dict(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+    return L.Trainer(**(options | kwargs))
+
+
+def datamodule(manifest, **kwargs) -> ManifestDataModule:
+    return ManifestDataModule(str(manifest), crop_size=32, batch_size=2, num_workers=0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(demo_manifest, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    torch.manual_seed(0)
+    module = MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1)
+    run = trainer(root)
+    run.fit(module, datamodule=datamodule(demo_manifest))
+    path = root / "trained.ckpt"
+    run.save_checkpoint(path)
+    return path, module
+
+
+def test_checkpoint_holds_the_modality_table(trained_checkpoint):
+    path, module = trained_checkpoint
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    table = checkpoint["modality_table"]
+    assert sorted(table["names"]) == ["FLAIR", "PD", "T1", "T2"]
+    assert table["vectors"].shape == (4, 384)
+    assert torch.equal(table["vectors"], torch.from_numpy(module.modality_table.vectors))
+    assert checkpoint["net_config"]["preset"] == "test"
+
+
+def test_training_moves_every_network_parameter(demo_manifest, tmp_path):
+    torch.manual_seed(1)
+    module = MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1)
+    before = {name: p.detach().clone() for name, p in module.net.named_parameters()}
+    trainer(tmp_path, max_steps=1).fit(module, datamodule=datamodule(demo_manifest))
+    unchanged = [name for name, p in module.net.named_parameters() if torch.equal(p, before[name])]
+    assert unchanged == []
+
+
+def predict(module, manifest, tmp_path):
+    return trainer(tmp_path).predict(module, datamodule=datamodule(manifest), return_predictions=True)
+
+
+def test_checkpoint_predicts_without_a_text_encoder(trained_checkpoint, demo_manifest, tmp_path, monkeypatch):
+    path, _ = trained_checkpoint
+    monkeypatch.setenv("BRAINFM_TEXT_ENCODER_DISABLED", "1")
+    module = MAEPretrainModule.load_from_checkpoint(path, net=ModalityMAE.from_preset("test"))
+    outputs = predict(module, demo_manifest, tmp_path)
+    embeddings = torch.cat([o["embedding"] for o in outputs])
+    assert embeddings.shape == (6, 48) and torch.isfinite(embeddings).all()
+
+
+def renamed_manifest(manifest, tmp_path, old="T1", new="MP2RAGE UNI-DEN"):
+    rows = list(csv.DictReader(manifest.open()))
+    for row in rows:
+        row["path"] = str((manifest.parent / row["path"]).resolve())
+        row["modality"] = new if row["modality"] == old else row["modality"]
+    out = tmp_path / "renamed.csv"
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def test_unseen_modality_is_embedded_on_the_fly_and_kept(trained_checkpoint, demo_manifest, tmp_path):
+    path, _ = trained_checkpoint
+    module = MAEPretrainModule.load_from_checkpoint(path, net=ModalityMAE.from_preset("test"))
+    outputs = predict(module, renamed_manifest(demo_manifest, tmp_path), tmp_path)
+    assert any("MP2RAGE UNI-DEN" in row for o in outputs for row in o["modalities"])
+    assert "MP2RAGE UNI-DEN" in module.modality_table
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)  # the next checkpoint keeps the new name
+    assert "MP2RAGE UNI-DEN" in checkpoint["modality_table"]["names"]
+
+
+def test_unseen_modality_without_encoder_fails_naming_the_remedy(trained_checkpoint, demo_manifest, tmp_path,
+                                                                 monkeypatch):
+    path, _ = trained_checkpoint
+    monkeypatch.setenv("BRAINFM_TEXT_ENCODER_DISABLED", "1")
+    module = MAEPretrainModule.load_from_checkpoint(path, net=ModalityMAE.from_preset("test"))
+    with pytest.raises(TextEncoderUnavailableError, match="minilm"):
+        predict(module, renamed_manifest(demo_manifest, tmp_path), tmp_path)
+
+
+def test_nonfinite_loss_stops_naming_step_and_sessions(demo_manifest, tmp_path):
+    module = MAEPretrainModule(ModalityMAE.from_preset("test"))
+    with torch.no_grad():
+        module.net.decoder_pred.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"global step 0 .*sessions \["):
+        trainer(tmp_path, max_steps=1).fit(module, datamodule=datamodule(demo_manifest))
+
+
+def test_bad_module_arguments_fail_at_once():
+    with pytest.raises(ValueError, match="lambda_var"):
+        MAEPretrainModule(ModalityMAE.from_preset("test"), lambda_var=-1)
+    with pytest.raises(ValueError, match="nonfinite_loss"):
+        MAEPretrainModule(ModalityMAE.from_preset("test"), nonfinite_loss="ignore")
