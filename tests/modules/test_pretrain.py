@@ -44,6 +44,13 @@ def test_checkpoint_holds_the_modality_table(trained_checkpoint):
     assert checkpoint["net_config"]["preset"] == "test"
 
 
+def test_network_loads_from_the_checkpoint_without_lightning(trained_checkpoint):
+    path, module = trained_checkpoint
+    net = ModalityMAE.from_checkpoint(path)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), module.net.state_dict().values()))
+    assert net.img_size == (32, 32, 32) and net.modality_dim == 384
+
+
 def test_training_moves_every_network_parameter(demo_manifest, tmp_path):
     torch.manual_seed(1)
     module = MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -110,10 +111,33 @@ class ModalityMAE(nn.Module):
         """Build a named preset (``test``, ``small``, ``base``) with optional overrides."""
         return cls(preset=name, **overrides)  # type: ignore[arg-type]
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> ModalityMAE:
+        """Rebuild the network of a pretraining checkpoint (``brainfm fit``) and load its weights, without Lightning.
+
+        Args:
+            path: A ``.ckpt`` file written by ``MAEPretrainModule``.
+            map_location: Where to load the tensors.
+
+        Raises:
+            ValueError: The checkpoint holds no network config, or its weights do not match the network exactly.
+        """
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        if "net_config" not in checkpoint:
+            raise ValueError(f"{path}: not a BrainFM pretraining checkpoint (no 'net_config' entry)")
+        config = {k: v for k, v in checkpoint["net_config"].items() if k != "preset"}
+        net = cls(preset=checkpoint["net_config"]["preset"], **config)
+        prefix = "net."
+        state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}: weights do not match the network: missing {missing}, unexpected {unexpected}")
+        return net
+
     def _init_weights(self) -> None:
         nn.init.normal_(self.mask_token, std=0.02)
         for module in self.modules():
-            if isinstance(module, nn.Linear) and not getattr(module, "_is_cln", False):
+            if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
