@@ -71,3 +71,28 @@ def test_missing_manifest_fails_naming_the_path(tmp_path, monkeypatch, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "manifest not found" in err and "nowhere.csv" in err
+
+
+def test_predict_with_an_unseen_modality_writes_embeddings_and_the_extended_table(demo_root, demo_manifest, tmp_path,
+                                                                                  monkeypatch):
+    from brainfm_lightning.modalities import ModalityTable
+
+    monkeypatch.chdir(tmp_path)
+    assert main(tiny_fit_args(demo_root, "--trainer.max_steps", "1", "--trainer.max_epochs", "1",
+                              "--trainer.default_root_dir", str(tmp_path / "run"))) == 0
+    checkpoint = next((tmp_path / "runs").rglob("last.ckpt"))
+    rows = demo_manifest.read_text().splitlines()
+    renamed = [rows[0]] + [r.replace(",FLAIR,", ",T2-FLAIR 3D SPACE,") for r in rows[1:]]
+    manifest = demo_root / "renamed_for_predict.csv"  # beside the scans, so relative paths still resolve
+    manifest.write_text("\n".join(renamed) + "\n")
+    args = ["predict", "--config", str(CONFIGS / "pretrain/quickstart.yaml"),
+            "--config", str(CONFIGS / "model/test.yaml"), "--config", str(CONFIGS / "predict/embeddings.yaml"),
+            "--config", str(CONFIGS / "data/manifest.yaml"), "--data.manifest", str(manifest),
+            "--data.crop_size", "32", "--data.num_workers", "0", "--ckpt_path", str(checkpoint),
+            "--trainer.callbacks.init_args.output_dir", str(tmp_path / "predictions")]
+    assert main(args) == 0
+    saved = torch.load(tmp_path / "predictions/embeddings-rank0.pt", weights_only=True)
+    assert len(saved["session_ids"]) == 6 and saved["embeddings"].shape == (6, 48)
+    assert any("T2-FLAIR 3D SPACE" in mods for mods in saved["modalities"])
+    table = ModalityTable.load(tmp_path / "predictions/modality_table.safetensors")
+    assert {"T1", "T2", "PD", "FLAIR", "T2-FLAIR 3D SPACE"} <= set(table.names)
