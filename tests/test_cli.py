@@ -80,7 +80,7 @@ def test_predict_with_an_unseen_modality_writes_embeddings_and_the_extended_tabl
     monkeypatch.chdir(tmp_path)
     assert main(tiny_fit_args(demo_root, "--trainer.max_steps", "1", "--trainer.max_epochs", "1",
                               "--trainer.default_root_dir", str(tmp_path / "run"))) == 0
-    checkpoint = next((tmp_path / "runs").rglob("last.ckpt"))
+    checkpoint = next((tmp_path / "run").rglob("last.ckpt"))
     rows = demo_manifest.read_text().splitlines()
     renamed = [rows[0]] + [r.replace(",FLAIR,", ",T2-FLAIR 3D SPACE,") for r in rows[1:]]
     manifest = demo_root / "renamed_for_predict.csv"  # beside the scans, so relative paths still resolve

@@ -42,14 +42,17 @@ class ConditionalLayerNorm(nn.Module):
             x: Features ``[..., dim]``.
             cond: Conditions ``[..., cond_dim]`` broadcastable to ``x`` per token or, with
                 ``cond_index``, one row per modality slot ``[B, M, cond_dim]``.
-            cond_index: Optional long ``[B, N]``: the modality slot of each token of ``x`` (``[B, N, dim]``).
+            cond_index: Optional long ``[B, N]``: the modality slot of each token of ``x`` (``[B, N, dim]``), or
+                ``[T]``: the flat row of ``cond.reshape(B * M, -1)`` of each packed token of ``x`` (``[T, dim]``).
                 Computing ``gamma``/``beta`` once per slot and gathering them is much cheaper than per token.
 
         Returns:
             Tensor shaped like ``x``.
         """
         gamma, beta = self.to_scale_shift(cond).chunk(2, dim=-1)
-        if cond_index is not None:
+        if cond_index is not None and cond_index.dim() == 1:  # packed tokens [T]: flat rows of [B * M]
+            gamma, beta = gamma.reshape(-1, self.dim)[cond_index], beta.reshape(-1, self.dim)[cond_index]
+        elif cond_index is not None:
             index = cond_index.unsqueeze(-1).expand(-1, -1, self.dim)  # [B, N, dim]
             gamma, beta = gamma.gather(1, index), beta.gather(1, index)
         return F.layer_norm(x, (self.dim,), eps=self.eps) * gamma + beta

@@ -55,6 +55,9 @@ class ModalityMAE(nn.Module):
         decoder_num_heads: Decoder attention heads.
         mlp_ratio: MLP hidden width over the token width.
         mask_ratio: Fraction of each session's valid tokens hidden from the encoder, in (0, 1).
+        pad_free: Compute on packed valid tokens only (attention per group of equal length); ``False`` runs the
+            padded batch with a key-padding mask. Both give the same numbers.
+        gradient_checkpointing: Recompute block activations in the backward pass to save memory.
         preset: Named size that fills the arguments left as ``None`` (``test``, ``small``, ``base``).
     """
 
@@ -71,6 +74,8 @@ class ModalityMAE(nn.Module):
         decoder_num_heads: int | None = None,
         mlp_ratio: float = 4.0,
         mask_ratio: float = 0.75,
+        pad_free: bool = True,
+        gradient_checkpointing: bool = False,
         preset: str = "base",
     ) -> None:
         super().__init__()
@@ -85,7 +90,8 @@ class ModalityMAE(nn.Module):
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio
-        self.config = cfg | dict(mlp_ratio=mlp_ratio, mask_ratio=mask_ratio, preset=preset)
+        self.config = cfg | dict(mlp_ratio=mlp_ratio, mask_ratio=mask_ratio, pad_free=pad_free,
+                                 gradient_checkpointing=gradient_checkpointing, preset=preset)
         self.grid = tuple(i // p for i, p in zip(self.img_size, self.patch_size, strict=True))
         self.tokens_per_modality = self.grid[0] * self.grid[1] * self.grid[2]
         self.modality_dim = cfg["modality_dim"]
@@ -95,14 +101,16 @@ class ModalityMAE(nn.Module):
         self.patch_embed = PatchEmbed3d(self.patch_size, dim)
         self.modality_proj = nn.Linear(self.modality_dim, dim)
         self.pos_embed = nn.Parameter(sincos_3d(self.grid, dim)[None])  # [1, L, D], shared by all modalities
-        self.encoder = ConditionedTransformer(dim, cfg["depth"], cfg["num_heads"], self.modality_dim, mlp_ratio)
+        self.encoder = ConditionedTransformer(dim, cfg["depth"], cfg["num_heads"], self.modality_dim, mlp_ratio,
+                                              pad_free)
 
         self.decoder_embed = nn.Linear(dim, dec_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
         self.decoder_modality_proj = nn.Linear(self.modality_dim, dec_dim)
         self.decoder_pos_embed = nn.Parameter(sincos_3d(self.grid, dec_dim)[None])
         self.decoder = ConditionedTransformer(dec_dim, cfg["decoder_depth"], cfg["decoder_num_heads"],
-                                              self.modality_dim, mlp_ratio)
+                                              self.modality_dim, mlp_ratio, pad_free)
+        self.encoder.gradient_checkpointing = self.decoder.gradient_checkpointing = gradient_checkpointing
         self.decoder_pred = nn.Linear(dec_dim, patch_voxels)
         self._init_weights()
 

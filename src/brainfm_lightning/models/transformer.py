@@ -1,16 +1,18 @@
-"""Transformer blocks whose every norm is a Conditional LayerNorm, with padding-masked SDPA attention."""
+"""Transformer blocks whose every norm is a Conditional LayerNorm, with pad-free or padded-masked attention."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from brainfm_lightning.models.cln import ConditionalLayerNorm
+from brainfm_lightning.models.packing import Packing
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention`` with a key-padding mask."""
+    """Multi-head self-attention through ``scaled_dot_product_attention``."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
@@ -20,12 +22,25 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, C]; key_valid: bool [B, N], False keys are never attended to."""
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_valid[:, None, None, :])  # [B, H, N, hd]
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+    def _attend(self, qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """qkv: [b, n, 3C] -> [b, n, C]; mask: bool [b, n] of keys to attend to, or None for all."""
+        b, n, c3 = qkv.shape
+        q, k, v = qkv.reshape(b, n, 3, self.num_heads, c3 // (3 * self.num_heads)).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None, None, :])
+        return out.transpose(1, 2).reshape(b, n, c3 // 3)  # [b, n, C]
+
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None = None,
+                groups: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """Padded ``x`` [B, N, C] with bool ``key_valid`` [B, N], or packed ``x`` [T, C] with ``groups``."""
+        qkv = self.qkv(x)
+        if groups is None:
+            return self.proj(self._attend(qkv, key_valid))
+        outputs, start = [], 0
+        for sessions, length in groups:  # every token of a group is valid: no mask, no padding
+            chunk = qkv[start : start + sessions * length].reshape(sessions, length, -1)
+            outputs.append(self._attend(chunk, None).reshape(sessions * length, -1))
+            start += sessions * length
+        return self.proj(torch.cat(outputs))
 
 
 class Mlp(nn.Module):
@@ -57,29 +72,54 @@ class ConditionedBlock(nn.Module):
         self.norm2 = ConditionalLayerNorm(dim, cond_dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(
-        self, x: torch.Tensor, key_valid: torch.Tensor, cond: torch.Tensor, cond_index: torch.Tensor
-    ) -> torch.Tensor:
-        """x: [B, N, C]; cond: [B, M, cond_dim] per modality slot; cond_index: long [B, N] slot of each token."""
-        x = x + self.attn(self.norm1(x, cond, cond_index), key_valid)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, cond_index: torch.Tensor,
+                key_valid: torch.Tensor | None = None, groups: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """Padded: x [B, N, C], cond_index [B, N], key_valid [B, N]. Packed: x [T, C], cond_index [T], groups."""
+        x = x + self.attn(self.norm1(x, cond, cond_index), key_valid, groups)
         return x + self.mlp(self.norm2(x, cond, cond_index))
 
 
 class ConditionedTransformer(nn.Module):
-    """A stack of :class:`ConditionedBlock` followed by a final Conditional LayerNorm."""
+    """A stack of :class:`ConditionedBlock` followed by a final Conditional LayerNorm.
 
-    def __init__(self, dim: int, depth: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0) -> None:
+    Args:
+        dim: Token width.
+        depth: Number of blocks.
+        num_heads: Attention heads.
+        cond_dim: Width of the modality embedding.
+        mlp_ratio: MLP hidden width over ``dim``.
+        pad_free: Run on the packed valid tokens (attention per group of equal length, no mask) instead of the
+            padded batch with a key-padding mask. Same numbers, less compute when sessions differ in length.
+    """
+
+    def __init__(self, dim: int, depth: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0,
+                 pad_free: bool = True) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(ConditionedBlock(dim, num_heads, cond_dim, mlp_ratio) for _ in range(depth))
         self.norm = ConditionalLayerNorm(dim, cond_dim)
+        self.pad_free = pad_free
         self.gradient_checkpointing = False
 
     def forward(
         self, x: torch.Tensor, key_valid: torch.Tensor, cond: torch.Tensor, cond_index: torch.Tensor
     ) -> torch.Tensor:
+        """x: [B, N, C]; key_valid: bool [B, N]; cond: [B, M, cond_dim]; cond_index: long [B, N] slot of each token.
+
+        Returns:
+            ``[B, N, C]``; padded positions hold zeros (pad-free) or values nothing depends on (padded).
+        """
+        if not self.pad_free:
+            return self._run(x, cond, cond_index, key_valid=key_valid)
+        packing = Packing.from_valid(key_valid)
+        slots = cond_index + torch.arange(x.shape[0], device=x.device)[:, None] * cond.shape[1]  # flat [B * M] rows
+        packed = self._run(packing.pack(x), cond, packing.pack(slots), groups=packing.groups)
+        return packing.unpack(packed)
+
+    def _run(self, x: torch.Tensor, cond: torch.Tensor, cond_index: torch.Tensor,
+             key_valid: torch.Tensor | None = None, groups: list[tuple[int, int]] | None = None) -> torch.Tensor:
         for block in self.blocks:
             if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, key_valid, cond, cond_index, use_reentrant=False)
+                x = checkpoint(block, x, cond, cond_index, key_valid, groups, use_reentrant=False)
             else:
-                x = block(x, key_valid, cond, cond_index)
+                x = block(x, cond, cond_index, key_valid, groups)
         return self.norm(x, cond, cond_index)
