@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +30,7 @@ def forward_flops(net: ModalityMAE, modalities_per_session: list[int]) -> float:
     for count in modalities_per_session:
         valid = count * tokens_per_modality
         visible = int(keep_counts(torch.ones(1, valid, dtype=torch.bool), net.mask_ratio)[0])
-        total += 2 * valid * patch_voxels * dim  # patch embedding (all valid tokens are embedded)
+        total += 2 * visible * patch_voxels * dim  # patch embedding of the visible tokens
         total += cfg["depth"] * (2 * 12 * visible * dim**2 + 4 * visible**2 * dim)  # encoder blocks
         total += 2 * visible * dim * dec_dim  # decoder embedding
         total += cfg["decoder_depth"] * (2 * 12 * valid * dec_dim**2 + 4 * valid**2 * dec_dim)  # decoder blocks
@@ -50,6 +52,68 @@ def make_batch(net: ModalityMAE, modalities_per_session: list[int], most: int) -
     b = len(modalities_per_session)
     present = torch.arange(most)[None, :] < torch.tensor(modalities_per_session)[:, None]
     return torch.randn(b, most, *net.img_size), torch.randn(b, most, net.modality_dim), present
+
+
+def padded_flops(net: ModalityMAE, modalities_per_session: list[int]) -> float:
+    """FLOPs of the padded-dense path: every session computes as if it had the batch's most modalities."""
+    most = max(modalities_per_session)
+    return forward_flops(net, [most] * len(modalities_per_session))
+
+
+def compare_paths(preset: str, modalities_per_session: list[int], repeats: int) -> dict[str, float]:
+    """Pad-free vs padded-dense training step on the same weights and batch, alternating, warm-up excluded."""
+    torch.manual_seed(0)
+    pad_free = ModalityMAE.from_preset(preset, pad_free=True)
+    padded = ModalityMAE.from_preset(preset, pad_free=False)
+    padded.load_state_dict(pad_free.state_dict())
+    batch = make_batch(pad_free, modalities_per_session, max(modalities_per_session))
+    nets = {"pad_free": pad_free, "padded": padded}
+    optimizers = {name: torch.optim.AdamW(net.parameters(), lr=1e-4) for name, net in nets.items()}
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    for name, net in nets.items():
+        train_step(net, optimizers[name], batch)
+    for _ in range(repeats):
+        for name, net in nets.items():
+            start = time.perf_counter()
+            train_step(net, optimizers[name], batch)
+            times[name].append(time.perf_counter() - start)
+    padded_ms, pad_free_ms = (1000 * statistics.median(times[n]) for n in ("padded", "pad_free"))
+    return {
+        "speedup": padded_ms / pad_free_ms,
+        "theory": padded_flops(pad_free, modalities_per_session) / forward_flops(pad_free, modalities_per_session),
+        "valid_token_fraction": valid_fraction(modalities_per_session),
+        "padded_ms": padded_ms,
+        "pad_free_ms": pad_free_ms,
+    }
+
+
+def valid_fraction(modalities_per_session: list[int]) -> float:
+    """Share of valid tokens in the padded batch."""
+    return sum(modalities_per_session) / (len(modalities_per_session) * max(modalities_per_session))
+
+
+PROBE = """
+import resource, sys, torch
+sys.path.insert(0, {folder!r})
+from run import make_batch, train_step
+from brainfm_lightning.models import ModalityMAE
+torch.manual_seed(0)
+net = ModalityMAE.from_preset({preset!r}, pad_free={pad_free!r})
+optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+batch = make_batch(net, {sessions!r}, {most})
+rss_kb = int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
+train_step(net, optimizer, batch)
+train_step(net, optimizer, batch)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_kb) / 1024)
+"""
+
+
+def peak_memory_mb(preset: str, modalities_per_session: list[int], pad_free: bool) -> float:
+    """Peak RSS growth of a training step, measured in a fresh process so the two paths do not share a peak."""
+    code = PROBE.format(folder=str(Path(__file__).parent), preset=preset, pad_free=pad_free,
+                        sessions=modalities_per_session, most=max(modalities_per_session))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
 
 
 def step_time_vs_modalities(net: ModalityMAE, repeats: int, sessions: int) -> dict[str, dict[str, float]]:
@@ -79,23 +143,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="small", help="Model preset (default: %(default)s).")
     parser.add_argument("--repeats", type=int, default=5, help="Timed repeats per case (default: %(default)s).")
-    parser.add_argument("--sessions", type=int, default=2, help="Sessions per batch (default: %(default)s).")
     parser.add_argument("--out", default="bench-results.json", help="JSON output (default: %(default)s).")
     args = parser.parse_args()
-    torch.manual_seed(0)
+    mixed, uniform = [1, 2, 3, 4] * 2, [4] * 8
+    results = {"preset": args.preset, "device": "cpu", "threads": torch.get_num_threads(), "repeats": args.repeats}
+    results["train_step_speedup_mixed"] = compare_paths(args.preset, mixed, args.repeats)
+    results["train_step_speedup_uniform"] = compare_paths(args.preset, uniform, args.repeats)
+    results["peak_rss_mb_mixed"] = {"pad_free": peak_memory_mb(args.preset, mixed, True),
+                                    "padded": peak_memory_mb(args.preset, mixed, False)}
     net = ModalityMAE.from_preset(args.preset)
-    results = {
-        "preset": args.preset,
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
-        "model_flops_per_session": {str(k): forward_flops(net, [k]) for k in range(1, 5)},
-        "step_time_vs_modalities": step_time_vs_modalities(net, args.repeats, args.sessions),
-    }
-    print(f"preset {args.preset}, {args.sessions} sessions per batch, median of {args.repeats}, fp32 CPU")
-    print(f"{'modalities':>10} {'fwd GFLOP/session':>18} {'step ms':>9} {'measured x':>11} {'FLOP model x':>13}")
+    results["model_flops_per_session"] = {str(k): 3 * forward_flops(net, [k]) for k in range(1, 5)}  # fwd + bwd
+    results["step_time_vs_modalities"] = step_time_vs_modalities(net, args.repeats, sessions=2)
+
+    print(f"preset {args.preset}, fp32 CPU, {results['threads']} threads, median of {args.repeats}, alternating")
+    for key, target in (("train_step_speedup_mixed", 1.5), ("train_step_speedup_uniform", 0.95)):
+        row = results[key]
+        print(f"{key:28} {row['speedup']:5.2f}  (theory {row['theory']:.2f} at {row['valid_token_fraction']:.0%} "
+              f"valid tokens; padded {row['padded_ms']:.0f} ms, pad-free {row['pad_free_ms']:.0f} ms; "
+              f"target >= {target})")
+    memory = results["peak_rss_mb_mixed"]
+    print(f"{'peak RSS growth, mixed batch':28} pad-free {memory['pad_free']:.0f} MB, padded {memory['padded']:.0f} MB")
+    print(f"{'modalities':>10} {'train GFLOP/session':>20} {'step ms':>9} {'measured x':>11} {'FLOP model x':>13}")
     for k, row in results["step_time_vs_modalities"].items():
         gflops = results["model_flops_per_session"][k] / 1e9
-        print(f"{k:>10} {gflops:>18.2f} {row['step_ms']:>9.1f} {row['measured_ratio']:>11.2f} "
+        print(f"{k:>10} {gflops:>20.2f} {row['step_ms']:>9.1f} {row['measured_ratio']:>11.2f} "
               f"{row['flop_model_ratio']:>13.2f}")
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")

@@ -153,10 +153,10 @@ class ModalityMAE(nn.Module):
             if hasattr(module, "to_scale_shift"):
                 module.reset_parameters()
 
-    def _embed(
+    def _prepare(
         self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokens ``[B, N, D]``, their validity ``[B, N]``, modality slot ``[B, N]`` and cleaned embeddings."""
+        """Check shapes; return patches ``[B, N, P]``, validity ``[B, N]``, slot ``[B, N]``, cleaned embeddings."""
         b, m = present.shape
         if images.shape[:2] != (b, m) or tuple(images.shape[2:]) != self.img_size:
             raise ValueError(f"images must be [B, M, *{self.img_size}] with [B, M] = {(b, m)}, "
@@ -169,11 +169,18 @@ class ModalityMAE(nn.Module):
         modality_embeddings = modality_embeddings.masked_fill(~present[..., None], 0.0)
         slot = torch.arange(m, device=images.device).repeat_interleave(self.tokens_per_modality)
         slot = slot[None].expand(b, -1)  # [B, N]
-        valid = present.gather(1, slot)
-        tokens = self.patch_embed(images) + self.pos_embed.repeat(1, m, 1)
+        return patchify(images, self.patch_size), present.gather(1, slot), slot, modality_embeddings
+
+    def _tokens(
+        self, patches: torch.Tensor, slot: torch.Tensor, modality_embeddings: torch.Tensor, index: torch.Tensor
+    ) -> torch.Tensor:
+        """Embed only the patches at ``index`` [B, K] (the visible ones): ``[B, K, D]``."""
+        patches = patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))
+        width = self.pos_embed.shape[-1]
+        position = index % self.tokens_per_modality  # grid position, shared by all modalities
         per_slot = self.modality_proj(modality_embeddings)  # [B, M, D]
-        tokens = tokens + per_slot.gather(1, slot[..., None].expand(-1, -1, tokens.shape[-1]))
-        return tokens, valid, slot, modality_embeddings
+        return (self.patch_embed.proj(patches) + self.pos_embed[0][position]
+                + per_slot.gather(1, slot.gather(1, index)[..., None].expand(-1, -1, width)))
 
     def forward(
         self,
@@ -193,15 +200,13 @@ class ModalityMAE(nn.Module):
         Returns:
             :class:`MAEOutput`.
         """
-        tokens, valid, slot, modality_embeddings = self._embed(images, modality_embeddings, present)
+        patches, valid, slot, modality_embeddings = self._prepare(images, modality_embeddings, present)
         keep = padding_aware_mask(valid, self.mask_ratio, generator=generator)
         index, features_valid = visible_index(keep)  # [B, K]
-        width = tokens.shape[-1]
-        visible = tokens.gather(1, index[..., None].expand(-1, -1, width))
+        visible = self._tokens(patches, slot, modality_embeddings, index)
         features = self.encoder(visible, features_valid, modality_embeddings, slot.gather(1, index))
         pred = self.forward_decoder(features, index, keep, valid, slot, modality_embeddings)
-        target = patchify(images.masked_fill(~present[:, :, None, None, None], 0.0), self.patch_size)
-        return MAEOutput(pred=pred, target=target, keep=keep, valid=valid, features=features,
+        return MAEOutput(pred=pred, target=patches, keep=keep, valid=valid, features=features,
                          features_valid=features_valid)
 
     def forward_decoder(
@@ -223,8 +228,7 @@ class ModalityMAE(nn.Module):
         m = modality_embeddings.shape[1]
         x = x + self.decoder_pos_embed.repeat(1, m, 1)
         x = x + self.decoder_modality_proj(modality_embeddings).gather(1, slot[..., None].expand(-1, -1, dec_dim))
-        x = self.decoder(x, valid, modality_embeddings, slot)
-        return self.decoder_pred(x)
+        return self.decoder(x, valid, modality_embeddings, slot, head=self.decoder_pred)
 
     def encode(
         self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
@@ -234,5 +238,7 @@ class ModalityMAE(nn.Module):
         Returns:
             ``tokens`` ``[B, M * L, D]`` and ``valid`` bool ``[B, M * L]`` (False for padded slots).
         """
-        tokens, valid, slot, modality_embeddings = self._embed(images, modality_embeddings, present)
+        patches, valid, slot, modality_embeddings = self._prepare(images, modality_embeddings, present)
+        every = torch.arange(valid.shape[1], device=valid.device)[None].expand(valid.shape[0], -1)
+        tokens = self._tokens(patches, slot, modality_embeddings, every)
         return self.encoder(tokens, valid, modality_embeddings, slot), valid
