@@ -21,7 +21,11 @@ class ManifestDataModule(L.LightningDataModule):
     """Variable-modality sessions from a manifest, batched with padding.
 
     A ``split`` column (``train``/``val``/``test``) in the manifest chooses the splits; without it, a seeded
-    ``val_fraction`` of the subjects is held out for validation (and testing).
+    ``val_fraction`` of the subjects is held out for validation (and testing). Subclasses that find sessions
+    elsewhere (a folder tree) override :attr:`sessions` and :meth:`_check_manifest`, and pass the dataset root as
+    ``manifest``, which then only names the source in messages.
+
+    Batches hold ``skipped_scans`` and ``skipped_sessions`` (see :func:`pad_collate`) for logging bad input.
 
     Args:
         manifest: The CSV file (DESIGN.md); paths inside are absolute or relative to its folder.
@@ -36,6 +40,8 @@ class ManifestDataModule(L.LightningDataModule):
         with_label: Load each session's label mask (segmentation).
         max_voxels: Reject larger scans.
         max_anisotropy: Reject scans with a larger ratio of coarsest to finest spacing.
+        bucket_by_modality_count: Batch training sessions with the same number of modalities together where
+            possible (less padding); still reshuffled every epoch from ``seed``.
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class ManifestDataModule(L.LightningDataModule):
         with_label: bool = False,
         max_voxels: int = 512**3,
         max_anisotropy: float = 8.0,
+        bucket_by_modality_count: bool = False,
     ) -> None:
         super().__init__()
         self.crop_size = to_3tuple(crop_size, "crop_size")
@@ -71,6 +78,7 @@ class ManifestDataModule(L.LightningDataModule):
         self.flip_probability = flip_probability
         self.with_label = with_label
         self.load_kwargs = dict(max_voxels=max_voxels, max_anisotropy=max_anisotropy)
+        self.bucket_by_modality_count = bucket_by_modality_count
         self._check_manifest()
 
     def _check_manifest(self) -> None:
@@ -79,6 +87,7 @@ class ManifestDataModule(L.LightningDataModule):
 
     @cached_property
     def sessions(self) -> list[Session]:
+        """Every session of the dataset; subclasses override this to read another source."""
         return read_manifest(self.manifest)
 
     @property
@@ -106,8 +115,11 @@ class ManifestDataModule(L.LightningDataModule):
     def _loader(self, sessions: list[Session], train: bool) -> DataLoader:
         dataset = self._dataset(sessions, train)
         trainer = self.trainer
+        # bucketing orders the sampler's own stream (no custom batch sampler), so Lightning keeps it under DDP
+        group_keys = [len(s.scans) for s in sessions] if train and self.bucket_by_modality_count else None
         sampler = EpochSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
-                               rank=trainer.global_rank if trainer else 0, shuffle=train, seed=self.seed)
+                               rank=trainer.global_rank if trainer else 0, shuffle=train, seed=self.seed,
+                               group_keys=group_keys, batch_size=self.batch_size)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=pad_collate, persistent_workers=False)
 

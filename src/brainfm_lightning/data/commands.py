@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -18,6 +19,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--spacing", type=float, default=2.0, help="Voxel spacing in mm (default: %(default)s).")
     demo.add_argument("--overwrite", action="store_true", help="Rebuild even if the folder holds a dataset.")
     demo.set_defaults(func=run_demo)
+    check = subparsers.add_parser(
+        "check", help="Read every scan of a dataset and list each problem with its file.",
+        description="Read every scan (and label mask) of a manifest CSV or a dataset folder (BIDS or FOMO-60K "
+                    "layout) with the training checks; print each problem as '<file>: <reason>', then a summary. "
+                    "Exit status: 0 clean, 1 problems found, 2 bad arguments.")
+    check.add_argument("path", help="A manifest .csv, or a dataset root with sub-* (BIDS) or sub_* (FOMO) folders.")
+    check.add_argument("--layout", default="auto", choices=("auto", "manifest", "fomo25", "bids"),
+                       help="How to read PATH (default: %(default)s, from the file or folder names).")
+    check.add_argument("--max-voxels", type=int, default=512**3,
+                       help="Reject larger volumes (default: %(default)s).")
+    check.add_argument("--max-anisotropy", type=float, default=8.0,
+                       help="Reject a larger ratio of coarsest to finest voxel spacing (default: %(default)s).")
+    check.add_argument("--workers", type=int, default=1,
+                       help="Processes reading scans in parallel (default: %(default)s).")
+    check.set_defaults(func=run_check)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -33,3 +49,17 @@ def run_demo(args: argparse.Namespace) -> int:
                                   overwrite=args.overwrite)
     print(f"wrote the SYNTHETIC demo dataset: {manifest}")
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from brainfm_lightning.data.check import check_dataset
+
+    try:
+        report = check_dataset(args.path, layout=args.layout, max_voxels=args.max_voxels,
+                               max_anisotropy=args.max_anisotropy, workers=args.workers,
+                               on_problem=lambda problem: print(problem, flush=True))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"brainfm data check: error: {error}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 1 if report.problems else 0

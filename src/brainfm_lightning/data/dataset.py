@@ -22,8 +22,10 @@ class SessionDataset(Dataset):
     """Loads and preprocesses whole sessions.
 
     A bad scan (see :func:`load_scan`) is skipped with a warning naming the file (``policy="skip"``) or raises
-    :class:`ScanError` at once (``policy="error"``); a session with no usable scan left yields ``None``, which
-    :func:`pad_collate` drops.
+    :class:`ScanError` at once (``policy="error"``); a session with no usable scan left, or with a bad label mask
+    when ``with_label``, yields ``None``, which :func:`pad_collate` drops and counts. Each sample's
+    ``skipped_scans`` says how many of its scans were skipped; :attr:`skipped_scans` and
+    :attr:`skipped_sessions` count them for this process (each DataLoader worker holds its own copy).
 
     Args:
         sessions: The sessions to serve.
@@ -54,6 +56,7 @@ class SessionDataset(Dataset):
         self.seed = seed
         self.load_kwargs = dict(max_voxels=max_voxels, max_anisotropy=max_anisotropy)
         self.skipped_scans = 0
+        self.skipped_sessions = 0
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -71,14 +74,21 @@ class SessionDataset(Dataset):
                     raise
                 self.skipped_scans += 1
                 log.warning("skipping bad scan of %s: %s", session.session_id, error)
-        if not volumes:
-            log.warning("skipping session %s: no usable scan left", session.session_id)
-            return None
         label = None
-        if self.with_label:
+        if volumes and self.with_label:
             if session.label_path is None:
                 raise ScanError(session.scans[0].path, f"session {session.session_id} has no label mask row")
-            label = load_scan(session.label_path, allow_constant=True, **self.load_kwargs)
+            try:
+                label = load_scan(session.label_path, allow_constant=True, **self.load_kwargs)
+            except ScanError as error:
+                if self.policy == "error":
+                    raise
+                log.warning("skipping session %s: bad label mask: %s", session.session_id, error)
+                volumes.clear()
+        if not volumes:
+            self.skipped_sessions += 1
+            log.warning("skipping session %s: no usable scan left", session.session_id)
+            return None
         rng = np.random.default_rng([self.seed, epoch, index])
         images, label_tensor = self.preprocessor(volumes, label=label, rng=rng)
         if not torch.isfinite(images).all():  # the last line of defence: nothing non-finite reaches the model
@@ -88,6 +98,7 @@ class SessionDataset(Dataset):
             "modalities": list(volumes),
             "session_id": session.session_id,
             "targets": dict(session.targets),
+            "skipped_scans": len(session.scans) - len(volumes),
         }
         if label_tensor is not None:
             sample["label"] = label_tensor
@@ -100,7 +111,9 @@ def pad_collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | No
     Returns:
         ``images`` float ``[B, M, D, H, W]`` (padded slots are zero), ``present`` bool ``[B, M]``,
         ``modalities`` list of ``B`` lists of ``M`` names (``""`` for padding), ``session_ids``, ``targets``,
-        and ``label`` ``[B, 1, D, H, W]`` when the samples have one; ``None`` if every sample was skipped.
+        ``label`` ``[B, 1, D, H, W]`` when the samples have one, ``skipped_scans`` (int: bad scans left out of
+        the kept sessions) and ``skipped_sessions`` (int: sessions dropped as ``None``); ``None`` if every
+        sample was dropped.
     """
     kept = [s for s in samples if s is not None]
     if not kept:
@@ -119,6 +132,8 @@ def pad_collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | No
         "modalities": [s["modalities"] + [""] * (most - len(s["modalities"])) for s in kept],
         "session_ids": [s["session_id"] for s in kept],
         "targets": [s["targets"] for s in kept],
+        "skipped_scans": sum(s.get("skipped_scans", 0) for s in kept),
+        "skipped_sessions": len(samples) - len(kept),
     }
     if "label" in kept[0]:
         batch["label"] = torch.stack([s["label"] for s in kept])

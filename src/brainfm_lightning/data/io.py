@@ -35,7 +35,7 @@ def load_scan(
 
     Raises:
         ScanError: Missing, unsupported extension, unreadable or truncated, not 3D (a 4D scan with a single
-            volume is accepted), too large, too anisotropic, non-finite voxels or constant.
+            volume is accepted, as its first volume), too large, too anisotropic, non-finite voxels or constant.
     """
     path = Path(path)
     if not path.name.endswith(NIFTI_SUFFIXES):
@@ -45,21 +45,26 @@ def load_scan(
     try:
         image = nib.load(path)
         shape = image.shape
-        if len(shape) == 4 and shape[3] == 1:
-            image = image.slicer[..., 0]
-        elif len(shape) != 3:
-            raise ScanError(path, f"expected a 3D volume, got shape {shape}")
+        if len(shape) > 3 and all(length == 1 for length in shape[3:]):  # e.g. [X, Y, Z, 1]: one volume
+            image = image.slicer[(...,) + (0,) * (len(shape) - 3)]
+        elif len(shape) > 3:
+            raise ScanError(path, f"{len(shape)}D image of shape {shape} holds {int(np.prod(shape[3:]))} volumes; "
+                                  "only a single 3D volume is accepted")
+        elif len(shape) < 3:
+            raise ScanError(path, f"{len(shape)}D image of shape {shape}; a 3D volume is needed")
         if int(np.prod(shape[:3])) > max_voxels:
             raise ScanError(path, f"volume of {shape[:3]} exceeds the limit of {max_voxels} voxels")
         zooms = np.asarray(image.header.get_zooms()[:3], dtype=float)
         if np.any(zooms <= 0) or zooms.max() / zooms.min() > max_anisotropy:
-            raise ScanError(path, f"voxel spacing {tuple(zooms)} is more anisotropic than {max_anisotropy}:1")
+            spacing = tuple(round(float(z), 4) for z in zooms)
+            raise ScanError(path, f"voxel spacing {spacing} mm is more anisotropic than {max_anisotropy}:1")
         image = nib.as_closest_canonical(image)
         data = np.asarray(image.dataobj, dtype=np.float32)
     except ScanError:
         raise
     except Exception as error:  # nibabel raises many types for broken or truncated files
-        raise ScanError(path, f"unreadable ({type(error).__name__}: {error})") from error
+        detail = " ".join(str(error).split())  # one line, whatever nibabel's message holds
+        raise ScanError(path, f"unreadable or truncated file ({type(error).__name__}: {detail})") from error
     if not np.isfinite(data).all():
         raise ScanError(path, f"{int((~np.isfinite(data)).sum())} non-finite (NaN/Inf) voxels")
     if not allow_constant and float(data.max()) == float(data.min()):
