@@ -119,3 +119,28 @@ def test_bad_module_arguments_fail_at_once():
         MAEPretrainModule(ModalityMAE.from_preset("test"), lambda_var=-1)
     with pytest.raises(ValueError, match="nonfinite_loss"):
         MAEPretrainModule(ModalityMAE.from_preset("test"), nonfinite_loss="ignore")
+
+
+def test_skipped_bad_scans_are_counted_in_the_logs(demo_manifest, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    broken = np.full((20, 20, 20), np.nan, dtype=np.float32)
+    nib.save(nib.Nifti1Image(broken, np.eye(4)), tmp_path / "broken.nii.gz")
+    rows = list(csv.DictReader(demo_manifest.open()))
+    sessions = {(r["subject"], r["session"]): r for r in rows}
+    for row in rows:
+        row["path"] = str((demo_manifest.parent / row["path"]).resolve())
+    for row in sessions.values():
+        rows.append(row | {"modality": "SWI", "path": str(tmp_path / "broken.nii.gz")})
+    manifest = tmp_path / "with_bad.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    module = MAEPretrainModule(ModalityMAE.from_preset("test"))
+    data = datamodule(manifest)
+    run = trainer(tmp_path, max_epochs=1, max_steps=-1, limit_val_batches=0)
+    run.fit(module, datamodule=data)
+    assert run.callback_metrics["data/skipped_scans"].item() == len(data.splits["train"])
+    assert run.callback_metrics["data/skipped_sessions"].item() == 0

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
@@ -100,7 +101,8 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
     def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
         if batch is None:  # every session of the batch was skipped as bad input
             return None
-        terms = self.compute_losses(self(batch))
+        generator = self._training_mask_generator(batch_idx, batch["images"].device)
+        terms = self.compute_losses(self(batch, generator=generator))
         if not torch.isfinite(terms["loss"]):
             message = (f"non-finite loss {terms['loss'].item()} at global step {self.global_step} "
                        f"(batch {batch_idx}, sessions {batch['session_ids']})")
@@ -113,7 +115,24 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
         self.log("train/loss_mae_epoch", terms["loss_mae"], on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=batch_size)
         self._log_throughput(batch)
+        self._log_skipped(batch)
         return terms["loss"]
+
+    def _log_skipped(self, batch: Mapping[str, Any]) -> None:
+        """Bad input skipped while this batch was built (the warnings name the files), summed per epoch."""
+        for key in ("skipped_scans", "skipped_sessions"):
+            self.log(f"data/{key}", float(batch.get(key, 0)), on_step=False, on_epoch=True, reduce_fx="sum",
+                     sync_dist=True, batch_size=1)
+
+    def _training_mask_generator(self, batch_idx: int, device: torch.device) -> torch.Generator:
+        """Mask noise seeded by (run seed, step, batch, rank), so a resumed run draws the masks of an uninterrupted one.
+
+        Lightning restores weights, optimizer, scheduler and loop state but not torch's global RNG; masks drawn from
+        it would differ after a resume (or a Slurm requeue). The run seed is the one ``seed_everything`` set.
+        """
+        entropy = [torch.initial_seed(), self.global_step, batch_idx, self.global_rank]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+        return torch.Generator(device=device).manual_seed(seed)
 
     def _log_throughput(self, batch: Mapping[str, Any]) -> None:
         now = time.perf_counter()
