@@ -72,8 +72,9 @@ def fuse_modalities(tokens: torch.Tensor, valid: torch.Tensor, grid: Sequence[in
     """
     b, n, dim = tokens.shape
     length = grid[0] * grid[1] * grid[2]
-    weights = valid.reshape(b, n // length, length, 1).to(tokens.dtype)  # [B, M, L, 1]
-    fused = (tokens.reshape(b, n // length, length, dim) * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    is_valid = valid.reshape(b, n // length, length, 1)  # [B, M, L, 1]
+    summed = tokens.reshape(b, n // length, length, dim).masked_fill(~is_valid, 0.0).sum(1)  # 0 * NaN would leak
+    fused = summed / is_valid.sum(1).clamp_min(1).to(tokens.dtype)
     return fused.transpose(1, 2).reshape(b, dim, *grid)
 
 

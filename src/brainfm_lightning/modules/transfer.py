@@ -1,0 +1,194 @@
+"""What fine-tuning modules share: loading a pretraining checkpoint, freezing, layer-wise lr decay, the optimizer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from brainfm_lightning.models import ModalityMAE
+from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin
+from brainfm_lightning.modules.schedule import cosine_with_warmup
+
+FreezeMode = Literal["none", "partial", "full"]
+EMBEDDING_PREFIXES = ("patch_embed.", "modality_proj.", "pos_embed")
+_BLOCK = re.compile(r"^encoder\.blocks\.(\d+)\.")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` found: network keys loaded, absent from the checkpoint, or unknown to the net."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    modality_names: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (f"pretrained weights from {self.path}: {len(self.loaded)} tensors loaded, "
+                f"{len(self.missing)} missing (kept at initialisation) {self.missing}, "
+                f"{len(self.unexpected)} unexpected (ignored) {self.unexpected}; "
+                f"modality table: {self.modality_names or 'none in the checkpoint'}")
+
+
+def load_pretrained(net: nn.Module, path: str | Path, prefix: str = "net.") -> tuple[LoadReport, dict | None]:
+    """Load a pretraining checkpoint's ``net.*`` weights into ``net`` and return its modality table state.
+
+    Keys that exist on one side only are reported, never an error; a key on both sides with a different shape
+    raises, so nothing is dropped silently.
+
+    Args:
+        net: The network to fill (a :class:`ModalityMAE`).
+        path: A ``.ckpt`` written by ``brainfm fit`` (``MAEPretrainModule``).
+        prefix: Prefix of the network's keys in the checkpoint's ``state_dict``.
+
+    Returns:
+        The :class:`LoadReport` and the checkpoint's ``modality_table`` state (``None`` if it has none).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file holds no ``state_dict`` with ``prefix`` keys, or shapes differ (each key named).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pretrained checkpoint not found: {path} (model.pretrained)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k[len(prefix):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"{path}: no '{prefix}*' weights in its state_dict; is it a pretraining checkpoint?")
+    own = net.state_dict()
+    mismatched = [f"{prefix}{k}: checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if mismatched:
+        raise ValueError(f"{path}: shape mismatch for {len(mismatched)} tensors (pretrained with another "
+                         f"img_size/patch_size/width?): " + "; ".join(mismatched))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    table = checkpoint.get("modality_table")
+    report = LoadReport(str(path), sorted(set(state) - set(unexpected)), list(missing), list(unexpected),
+                        list(table["names"]) if table else [])
+    return report, table
+
+
+def encoder_layer(name: str, depth: int) -> int | None:
+    """Layer id of a :class:`ModalityMAE` parameter, for lr decay and freezing.
+
+    Returns:
+        0 for the embeddings, ``i + 1`` for block ``i``, ``depth + 1`` for the final norm, ``None`` for the
+        reconstruction decoder (unused by transfer).
+    """
+    if name.startswith(EMBEDDING_PREFIXES):
+        return 0
+    block = _BLOCK.match(name)
+    if block:
+        return int(block.group(1)) + 1
+    return depth + 1 if name.startswith("encoder.") else None
+
+
+def is_frozen(name: str, depth: int, freeze: FreezeMode) -> bool:
+    """Whether a :class:`ModalityMAE` parameter is frozen under ``freeze``.
+
+    ``full`` freezes the whole encoder, ``partial`` the embeddings and the first ``depth // 2`` blocks, ``none``
+    nothing; the reconstruction decoder is always frozen (transfer never runs it).
+    """
+    layer = encoder_layer(name, depth)
+    if layer is None or freeze == "full":
+        return True
+    return freeze == "partial" and layer <= depth // 2
+
+
+class TransferModule(ModalityEmbeddingMixin):
+    """Base of the fine-tuning modules: ``self.net`` is a :class:`ModalityMAE`, every other parameter is the head."""
+
+    net: ModalityMAE
+    optimizer_factory: Callable
+
+    def _init_transfer(self, pretrained: str | None, freeze: FreezeMode, text_encoder: str,
+                       modality_table: str | None, descriptions: Mapping[str, str] | None,
+                       aliases: Mapping[str, str] | None) -> None:
+        """Modality table, pretrained weights (their table, plus names only the given table has), freezing."""
+        if freeze not in ("none", "partial", "full"):
+            raise ValueError(f"freeze_encoder must be 'none', 'partial' or 'full', got {freeze!r}")
+        self.modality_dim = self.net.modality_dim
+        self.text_encoder, self.modality_table_path = text_encoder, modality_table
+        self.descriptions, self.aliases = descriptions, aliases
+        self._init_modality_table()
+        self.pretrained_report: LoadReport | None = None
+        if pretrained:
+            self.pretrained_report, table = load_pretrained(self.net, pretrained)
+            if table is not None:
+                ModalityEmbeddingMixin.on_load_checkpoint(self, {"modality_table": table})
+                if self.modality_table.dim != self.modality_dim:
+                    raise ValueError(f"{pretrained}: modality table has {self.modality_table.dim}-d vectors but "
+                                     f"the network expects modality_dim={self.modality_dim}")
+            rank_zero_info(str(self.pretrained_report))
+        depth = len(self.net.encoder.blocks)
+        for name, param in self.net.named_parameters():
+            param.requires_grad_(not is_frozen(name, depth, freeze))
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
+        crop = getattr(datamodule, "crop_size", None)
+        if crop is not None and tuple(crop) != tuple(self.net.img_size):
+            raise ValueError(f"data.crop_size {tuple(crop)} differs from the network's img_size {self.net.img_size}")
+        if hasattr(datamodule, "modality_names"):
+            self.ensure_modalities(datamodule.modality_names)
+
+    def embed_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Modality embeddings ``[B, M, modality_dim]`` of a batch's names."""
+        return self.modality_embeddings(batch["modalities"], like=batch["images"])
+
+    def log_training_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """``train/loss`` per step and ``train/loss_epoch`` (what ``TrainingSummary`` reports) per epoch."""
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=batch_size)
+
+    def _named_trainable(self) -> Iterator[tuple[str, nn.Parameter, int]]:
+        """``(name, parameter, layer id)`` of trainable parameters; the head's layer is ``depth + 1`` (no decay)."""
+        depth = len(self.net.encoder.blocks)
+        net_layers = {id(p): encoder_layer(n, depth) for n, p in self.net.named_parameters()}
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                layer = net_layers.get(id(param))
+                yield name, param, depth + 1 if layer is None else layer
+
+    def parameter_groups(self, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+        """Groups with ``lr_scale = layer_decay ** (depth + 1 - layer)`` (BEiT/MAE fine-tuning).
+
+        No weight decay on biases, norms, positional embeddings and the CLN scale/shift maps, as in pretraining.
+        """
+        depth = len(self.net.encoder.blocks)
+        groups: dict[tuple[int, bool], dict[str, Any]] = {}
+        for name, param, layer in self._named_trainable():
+            is_exempt = param.ndim <= 1 or name.endswith(("pos_embed", "mask_token")) or "to_scale_shift" in name
+            if (layer, is_exempt) not in groups:
+                groups[layer, is_exempt] = {"params": [], "weight_decay": 0.0 if is_exempt else weight_decay,
+                                            "lr_scale": layer_decay ** (depth + 1 - layer)}
+            groups[layer, is_exempt]["params"].append(param)
+        return list(groups.values())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = self.optimizer_factory(self.parameter_groups(hp.weight_decay, hp.layer_decay))
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
+        scheduler = cosine_with_warmup(optimizer, total, warmup, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+
+def check_optimization(weight_decay: float, layer_decay: float, warmup_steps: float) -> None:
+    """Raise ``ValueError`` naming a bad optimisation argument."""
+    if weight_decay < 0 or warmup_steps < 0:
+        raise ValueError(f"weight_decay and warmup_steps must be >= 0, got {weight_decay}, {warmup_steps}")
+    if not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must lie in (0, 1], got {layer_decay}")

@@ -1,0 +1,201 @@
+"""SegmentationModule: pretrained loading, freezing, any modality subset, sliding windows, training and the CLI."""
+
+import csv
+import math
+
+import lightning as L
+import pytest
+import torch
+from conftest import CONFIGS
+
+from brainfm_lightning.cli import main
+from brainfm_lightning.evaluation import evaluate_modality_subsets
+from brainfm_lightning.models import ModalityMAE
+from brainfm_lightning.models.seg_head import encoder_hidden_states, fuse_modalities
+from brainfm_lightning.modules import MAEPretrainModule, SegmentationModule
+from brainfm_lightning.modules import transfer as transfer_module
+from data_modules import ManifestDataModule
+
+MODALITIES = ["T1", "T2", "PD", "FLAIR"]
+
+
+def trainer(tmp_path, **kwargs) -> L.Trainer:
+    options = dict(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                   num_sanity_val_steps=0)
+    return L.Trainer(**(options | kwargs))
+
+
+def datamodule(manifest, batch_size: int = 2) -> ManifestDataModule:
+    return ManifestDataModule(str(manifest), crop_size=32, batch_size=batch_size, num_workers=0, with_label=True)
+
+
+@pytest.fixture(scope="module")
+def pretrained(demo_manifest, tmp_path_factory):
+    """A pretraining checkpoint of the test preset after one step (shared with test_classification), its network."""
+    path = tmp_path_factory.getbasetemp() / "transfer_pretrained.ckpt"
+    if not path.exists():
+        torch.manual_seed(0)
+        module = MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1)
+        run = trainer(path.parent / "transfer_pretrain", limit_val_batches=0)
+        run.fit(module, datamodule=ManifestDataModule(str(demo_manifest), crop_size=32, batch_size=2))
+        run.save_checkpoint(path)
+    return path, ModalityMAE.from_checkpoint(path)
+
+
+def segmenter(**kwargs) -> SegmentationModule:
+    return SegmentationModule(ModalityMAE.from_preset("test"), feature_size=4, **kwargs)
+
+
+def test_pretrained_weights_and_modality_table_load_with_a_report(pretrained, monkeypatch):
+    path, source = pretrained
+    messages: list[str] = []
+    monkeypatch.setattr(transfer_module, "rank_zero_info", messages.append)
+    module = segmenter(pretrained=str(path))
+    assert all(torch.equal(a, b) for a, b in zip(module.net.state_dict().values(), source.state_dict().values()))
+    assert sorted(module.modality_table.names) == sorted(MODALITIES)
+    report = module.pretrained_report
+    assert report.missing == [] and report.unexpected == [] and len(report.loaded) == len(source.state_dict())
+    assert len(messages) == 1 and "0 missing" in messages[0] and str(path) in messages[0]
+
+
+def test_missing_and_unexpected_keys_are_reported_not_dropped(pretrained, tmp_path):
+    path, _ = pretrained
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    del checkpoint["state_dict"]["net.encoder.norm.to_scale_shift.bias"]
+    checkpoint["state_dict"]["net.extra_head.weight"] = torch.zeros(3)
+    torch.save(checkpoint, tmp_path / "edited.ckpt")
+    report = segmenter(pretrained=str(tmp_path / "edited.ckpt")).pretrained_report
+    assert report.missing == ["encoder.norm.to_scale_shift.bias"] and report.unexpected == ["extra_head.weight"]
+    assert "1 missing" in str(report) and "extra_head.weight" in str(report)
+
+
+def test_shape_mismatch_raises_naming_the_key(pretrained, tmp_path):
+    path, _ = pretrained
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint["state_dict"]["net.pos_embed"] = torch.zeros(1, 27, 48)  # a 48^3 crop's grid
+    torch.save(checkpoint, tmp_path / "mismatched.ckpt")
+    with pytest.raises(ValueError, match=r"net\.pos_embed: checkpoint \(1, 27, 48\) vs network \(1, 8, 48\)"):
+        segmenter(pretrained=str(tmp_path / "mismatched.ckpt"))
+
+
+@pytest.mark.parametrize("freeze", ["none", "partial", "full"])
+def test_gradients_reach_every_trainable_parameter_and_no_frozen_one(pretrained, demo_manifest, freeze):
+    batch = next(iter(datamodule(demo_manifest, batch_size=1).train_dataloader()))
+    module = segmenter(pretrained=str(pretrained[0]), freeze_encoder=freeze)
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    assert [n for n, p in trainable.items() if p.grad is None or not torch.isfinite(p.grad).all()] == []
+    assert all(p.grad is None for p in module.parameters() if not p.requires_grad)
+    encoder = [n for n in trainable if n.startswith("segmenter.net.")]
+    assert not any(n.startswith("segmenter.net.decoder") for n in encoder)  # the MAE's reconstruction decoder
+    expected = {"none": 31, "partial": 14, "full": 0}[freeze]  # test preset: embeddings 5, 2 blocks x 12, norm 2
+    assert len(encoder) == expected
+
+
+def test_hidden_states_follow_the_encoder_and_fuse_present_slots_only():
+    torch.manual_seed(0)
+    packed = ModalityMAE.from_preset("test", pad_free=True).eval()
+    padded = ModalityMAE.from_preset("test", pad_free=False).eval()
+    padded.load_state_dict(packed.state_dict())
+    images, embeddings = torch.randn(2, 3, 32, 32, 32), torch.randn(2, 3, 384)
+    present = torch.tensor([[True, True, False], [True, False, False]])
+    with torch.no_grad():
+        states, valid = encoder_hidden_states(packed, images, embeddings, present, [0, 1, 2])
+        padded_states, _ = encoder_hidden_states(padded, images, embeddings, present, [0, 1, 2])
+        encoded = packed.encode(images, embeddings, present)[0]
+    assert [tuple(x.shape) for x in states] == [(2, 3 * 8, 48)] * 3
+    torch.testing.assert_close(states[2], encoded)
+    for a, b in zip(states, padded_states):  # packed or padded compute: the same tokens where valid
+        torch.testing.assert_close(a[valid], b[valid], atol=1e-5, rtol=1e-5)
+    fused = fuse_modalities(encoded.masked_fill(~valid[..., None], float("nan")), valid, packed.grid)
+    tokens = encoded.reshape(2, 3, 8, 48)  # [B, M, L, D]
+    torch.testing.assert_close(fused[0], tokens[0, :2].mean(0).T.reshape(48, 2, 2, 2))
+    torch.testing.assert_close(fused[1], tokens[1, 0].T.reshape(48, 2, 2, 2))
+
+
+def test_output_is_the_crop_and_any_modality_subset_works(pretrained):
+    module = segmenter(pretrained=str(pretrained[0])).eval()
+    images = torch.randn(1, 4, 32, 32, 32)
+    embeddings = module.modality_embeddings([MODALITIES], like=images)
+    only_t1 = torch.tensor([[True, False, False, False]])
+    with torch.no_grad():
+        every = module(images, embeddings, torch.ones(1, 4, dtype=torch.bool))
+        one = module(images, embeddings, only_t1)
+        padded_with_nan = module(torch.cat([images[:, :1], torch.full((1, 3, 32, 32, 32), math.nan)], 1),
+                                 embeddings, only_t1)
+    assert every.shape == one.shape == (1, 2, 32, 32, 32)
+    assert torch.isfinite(every).all() and torch.isfinite(one).all()
+    assert not torch.allclose(every, one)
+    torch.testing.assert_close(padded_with_nan, one)  # absent slots are ignored, whatever they hold
+
+
+def test_volumes_larger_than_the_crop_use_sliding_windows(pretrained):
+    module = segmenter(pretrained=str(pretrained[0])).eval()
+    images = torch.randn(1, 2, 48, 40, 32)
+    with torch.no_grad():
+        logits = module.predict_logits(images, module.modality_embeddings([["T1", "FLAIR"]], like=images),
+                                       torch.ones(1, 2, dtype=torch.bool))
+    assert logits.shape == (1, 2, 48, 40, 32) and torch.isfinite(logits).all()
+
+
+def test_training_lowers_the_loss_and_evaluation_logs_metrics(pretrained, demo_manifest, tmp_path):
+    torch.manual_seed(0)
+    module = segmenter(pretrained=str(pretrained[0]), optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
+                       warmup_steps=0, voxel_spacing=4.0)
+    losses = []
+    run = trainer(tmp_path, max_steps=3, overfit_batches=1, limit_val_batches=0)
+    module.on_train_batch_end = lambda outputs, *_: losses.append(float(outputs["loss"]))
+    run.fit(module, datamodule=datamodule(demo_manifest, batch_size=1))
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    run.save_checkpoint(tmp_path / "finetuned.ckpt")
+    restored = SegmentationModule.load_from_checkpoint(tmp_path / "finetuned.ckpt", net=ModalityMAE.from_preset("test"),
+                                                       pretrained=None)
+    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), module.state_dict().values()))
+    assert sorted(restored.modality_table.names) == sorted(MODALITIES)
+    metrics = run.test(module, datamodule=datamodule(demo_manifest), verbose=False)[0]
+    assert {"test/dice", "test/hd95", "test/sensitivity", "test/specificity"} <= set(metrics)
+    assert 0.0 <= metrics["test/dice"] <= 1.0 and math.isfinite(metrics["test/hd95"])
+    rows = list(csv.DictReader((tmp_path / "test_metrics.csv").open()))
+    assert [r["case"] for r in rows][-3:] == ["mean", "std", "n_valid"] and len(rows) == 1 + 3  # 1 held-out case
+
+
+def test_robustness_scores_every_modality_subset_of_a_session(pretrained, demo_manifest, tmp_path):
+    module = segmenter(pretrained=str(pretrained[0])).eval()
+    batch = next(iter(datamodule(demo_manifest, batch_size=1).val_dataloader()))
+    summary = evaluate_modality_subsets(module, [batch], tmp_path, spacing=4.0)
+    assert len(summary) == 2 ** int(batch["present"].sum()) - 1
+    assert all(0.0 <= row["dice"] <= 1.0 for row in summary)
+    assert {p.name for p in tmp_path.iterdir()} >= {"robustness.csv", "robustness.md", "robustness.png"}
+
+
+def test_layer_decay_scales_learning_rates_by_depth():
+    module = segmenter(layer_decay=0.5)
+    scale_of = {id(p): g["lr_scale"] for g in module.parameter_groups(0.05, 0.5) for p in g["params"]}
+    named = dict(module.named_parameters())
+    assert scale_of[id(named["segmenter.net.patch_embed.proj.weight"])] == 0.5**3
+    assert scale_of[id(named["segmenter.net.encoder.blocks.0.attn.qkv.weight"])] == 0.5**2
+    assert scale_of[id(named["segmenter.net.encoder.blocks.1.attn.qkv.weight"])] == 0.5
+    assert scale_of[id(named["segmenter.decoder.out.conv.conv.weight"])] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [(dict(num_classes=1), "num_classes must be >= 2"), (dict(freeze_encoder="half"), "freeze_encoder must be"),
+     (dict(layer_decay=0.0), "layer_decay must lie in"), (dict(pretrained="nowhere.ckpt"), "nowhere.ckpt")],
+)
+def test_bad_arguments_fail_naming_the_value(kwargs, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        segmenter(**kwargs)
+
+
+def test_cli_fast_dev_run_from_a_pretraining_checkpoint(pretrained, demo_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(CONFIGS / "finetune/seg_demo.yaml"), "--config", str(CONFIGS / "model/test.yaml"),
+            "--data.root", str(demo_root), "--data.n_subjects", "6", "--data.demo_spacing", "4.0",
+            "--data.spacing", "4.0", "--data.num_workers", "0", "--data.batch_size", "1", "--model.feature_size", "4",
+            "--model.pretrained", str(pretrained[0]), "--trainer.fast_dev_run", "true",
+            "--trainer.default_root_dir", str(tmp_path / "run")]
+    assert main(args) == 0
