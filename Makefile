@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Pinned first so that no CUDA build of torch is pulled in by lightning/monai/transformers.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean test-slurm
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# A real single-node Slurm (slurm-wlm + munge, installed if missing; needs root) runs scripts/slurm/pretrain.sbatch
+# with 2 CPU ranks, preempts it with SIGUSR1 and checks the requeued job resumes (~3 min).
+test-slurm: install
+	$(PY) -m pytest -q -m slurm tests/slurm
 
 lint: install
 	$(VENV)/bin/ruff check src data_modules tests

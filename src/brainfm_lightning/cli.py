@@ -59,12 +59,15 @@ class BrainFMCLI(LightningCLI):
 
 def run_lightning(argv: Sequence[str] | None) -> None:
     """Run LightningCLI on ``argv`` (``None``: the process's own arguments)."""
+    from brainfm_lightning.callbacks import LoggerSaveConfigCallback
+
     BrainFMCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_callback=LoggerSaveConfigCallback,  # also into the W&B run config
         save_config_kwargs={"overwrite": True},
         args=None if argv is None else list(argv),
         auto_configure_optimizers=False,

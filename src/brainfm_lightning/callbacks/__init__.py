@@ -1,7 +1,17 @@
 """Lightning callbacks."""
 
 from brainfm_lightning.callbacks.prediction_writer import EmbeddingWriter
+from brainfm_lightning.callbacks.reconstruction_montage import ReconstructionMontage, collapse_metrics
 from brainfm_lightning.callbacks.summary import TrainingSummary
 from brainfm_lightning.callbacks.vicreg_warmup import VICRegWarmup, warmup_scale
+from brainfm_lightning.callbacks.wandb_config import LoggerSaveConfigCallback
 
-__all__ = ["EmbeddingWriter", "TrainingSummary", "VICRegWarmup", "warmup_scale"]
+__all__ = [
+    "EmbeddingWriter",
+    "LoggerSaveConfigCallback",
+    "ReconstructionMontage",
+    "TrainingSummary",
+    "VICRegWarmup",
+    "collapse_metrics",
+    "warmup_scale",
+]
