@@ -29,11 +29,11 @@ class TrainingSummary(L.Callback):
             change = 100.0 * (first - last) / first if first else 0.0
             print(f"{self.metric}: epoch {first_epoch} {first:.4f} -> epoch {last_epoch} {last:.4f} "
                   f"({change:.1f}% lower)")
-        checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and getattr(checkpoint, "last_model_path", ""):
-            print(f"last checkpoint: {checkpoint.last_model_path}")
-        if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
-            print(f"best checkpoint: {checkpoint.best_model_path}")
+        for checkpoint in trainer.checkpoint_callbacks:
+            if getattr(checkpoint, "last_model_path", ""):
+                print(f"last checkpoint: {checkpoint.last_model_path}")
+            if getattr(checkpoint, "best_model_path", "") and getattr(checkpoint, "monitor", None):
+                print(f"best checkpoint ({checkpoint.monitor}): {checkpoint.best_model_path}")
 
     def state_dict(self) -> dict:
         return {"history": self.history}

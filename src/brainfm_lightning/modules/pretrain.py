@@ -113,7 +113,7 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
         batch_size = len(batch["session_ids"])
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False, batch_size=batch_size)
         self.log("train/loss_mae_epoch", terms["loss_mae"], on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=batch_size)
+                 batch_size=batch_size, sync_dist=True)
         self._log_throughput(batch)
         self._log_skipped(batch)
         return terms["loss"]
