@@ -12,6 +12,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from brainfm_lightning.data import Session, SessionDataset, SessionPreprocessor, pad_collate, read_manifest
+from brainfm_lightning.data.cache import PreparedCache
 from brainfm_lightning.data.dataset import BadScanPolicy
 from brainfm_lightning.data.sampling import EpochSampler
 from brainfm_lightning.models.patch_embed import to_3tuple
@@ -42,6 +43,9 @@ class ManifestDataModule(L.LightningDataModule):
         max_anisotropy: Reject scans with a larger ratio of coarsest to finest spacing.
         bucket_by_modality_count: Batch training sessions with the same number of modalities together where
             possible (less padding); still reshuffled every epoch from ``seed``.
+        cache_dir: Root of the prepared cache (``brainfm data prepare``): sessions prepared for these settings
+            (``spacing``, ``max_voxels``, ``max_anisotropy``) are read from ``<cache_dir>/<settings key>/`` without
+            decoding whole volumes; the others fall back to the NIfTI files. ``None``: always read NIfTI files.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class ManifestDataModule(L.LightningDataModule):
         max_voxels: int = 512**3,
         max_anisotropy: float = 8.0,
         bucket_by_modality_count: bool = False,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.crop_size = to_3tuple(crop_size, "crop_size")
@@ -79,6 +84,7 @@ class ManifestDataModule(L.LightningDataModule):
         self.with_label = with_label
         self.load_kwargs = dict(max_voxels=max_voxels, max_anisotropy=max_anisotropy)
         self.bucket_by_modality_count = bucket_by_modality_count
+        self.cache_dir = cache_dir
         self._check_manifest()
 
     def _check_manifest(self) -> None:
@@ -109,8 +115,9 @@ class ManifestDataModule(L.LightningDataModule):
     def _dataset(self, sessions: list[Session], train: bool) -> SessionDataset:
         preprocessor = SessionPreprocessor(self.crop_size, self.spacing, random_crop=train,
                                            flip_probability=self.flip_probability if train else 0.0)
+        cache = PreparedCache(self.cache_dir, self.spacing, **self.load_kwargs) if self.cache_dir else None
         return SessionDataset(sessions, preprocessor, policy=self.bad_scan_policy, with_label=self.with_label,
-                              seed=self.seed, **self.load_kwargs)
+                              seed=self.seed, cache=cache, **self.load_kwargs)
 
     def _loader(self, sessions: list[Session], train: bool) -> DataLoader:
         dataset = self._dataset(sessions, train)

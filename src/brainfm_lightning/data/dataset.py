@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from brainfm_lightning.data.cache import PreparedCache, PreparedSession
 from brainfm_lightning.data.io import ScanError, load_scan
 from brainfm_lightning.data.manifest import Session
 from brainfm_lightning.data.preprocess import SessionPreprocessor
@@ -27,6 +28,12 @@ class SessionDataset(Dataset):
     ``skipped_scans`` says how many of its scans were skipped; :attr:`skipped_scans` and
     :attr:`skipped_sessions` count them for this process (each DataLoader worker holds its own copy).
 
+    With a ``cache``, a session prepared for the cache's settings (``brainfm data prepare``) is read from it: only
+    the crop window of its memory-mapped arrays, then the same crop, flip and random draws as the NIfTI path, so
+    the sample equals the uncached one up to the cache's float16 rounding; bad scans recorded while preparing
+    follow ``policy`` as above. A session not in the cache (never prepared, or a scan changed since) falls back
+    to the NIfTI path, with one warning per process.
+
     Args:
         sessions: The sessions to serve.
         preprocessor: Turns loaded scans into a ``[M, D, H, W]`` tensor.
@@ -35,6 +42,7 @@ class SessionDataset(Dataset):
         seed: Base seed of the per-sample random generator (crop offsets, flips).
         max_voxels: Passed to :func:`load_scan`.
         max_anisotropy: Passed to :func:`load_scan`.
+        cache: The prepared cache to read sessions from, or ``None``.
     """
 
     def __init__(
@@ -46,6 +54,7 @@ class SessionDataset(Dataset):
         seed: int = 0,
         max_voxels: int = 512**3,
         max_anisotropy: float = 8.0,
+        cache: PreparedCache | None = None,
     ) -> None:
         if policy not in ("skip", "error"):
             raise ValueError(f"bad-scan policy must be 'skip' or 'error', got {policy!r}")
@@ -55,8 +64,10 @@ class SessionDataset(Dataset):
         self.with_label = with_label
         self.seed = seed
         self.load_kwargs = dict(max_voxels=max_voxels, max_anisotropy=max_anisotropy)
+        self.cache = cache
         self.skipped_scans = 0
         self.skipped_sessions = 0
+        self.has_warned_uncached = False
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -65,6 +76,15 @@ class SessionDataset(Dataset):
         """``key`` is an index, or ``(epoch, index)`` from :class:`EpochSampler` so random crops vary per epoch."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
         session = self.sessions[index]
+        if self.cache is not None:
+            prepared = self.cache.read(session)
+            if prepared is not None:
+                return self._from_cache(session, prepared, epoch, index)
+            if not self.has_warned_uncached:
+                self.has_warned_uncached = True
+                log.warning("session %s is not in the prepared cache %s; reading NIfTI files (run brainfm data "
+                            "prepare; further misses in this process are not reported)", session.session_id,
+                            self.cache.folder)
         volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for scan in session.scans:
             try:
@@ -91,17 +111,46 @@ class SessionDataset(Dataset):
             return None
         rng = np.random.default_rng([self.seed, epoch, index])
         images, label_tensor = self.preprocessor(volumes, label=label, rng=rng)
-        if not torch.isfinite(images).all():  # the last line of defence: nothing non-finite reaches the model
+        return self._sample(session, images, list(volumes), label_tensor)
+
+    def _from_cache(self, session: Session, prepared: PreparedSession, epoch: int, index: int) -> dict[str, Any] | None:
+        for problem in prepared.problems:  # recorded by prepare under "skip"; applied as when loading them
+            if self.policy == "error":
+                raise ScanError(problem.path, problem.reason)
+            self.skipped_scans += 1
+            log.warning("skipping bad scan of %s: %s", session.session_id, problem)
+        modalities = prepared.modalities
+        if modalities and self.with_label:
+            if session.label_path is None:
+                raise ScanError(session.scans[0].path, f"session {session.session_id} has no label mask row")
+            for problem in prepared.label_problems:
+                if self.policy == "error":
+                    raise ScanError(problem.path, problem.reason)
+                log.warning("skipping session %s: bad label mask: %s", session.session_id, problem)
+                modalities = []
+        if not modalities or prepared.images is None:
+            self.skipped_sessions += 1
+            log.warning("skipping session %s: no usable scan left", session.session_id)
+            return None
+        rng = np.random.default_rng([self.seed, epoch, index])
+        label = prepared.label if self.with_label else None
+        images, label_tensor = self.preprocessor.crop_and_flip(prepared.images, label, prepared.background, rng)
+        return self._sample(session, images, modalities, label_tensor)
+
+    def _sample(
+        self, session: Session, images: torch.Tensor, modalities: list[str], label: torch.Tensor | None
+    ) -> dict[str, Any]:
+        if not np.isfinite(images.numpy()).all():  # the last line of defence: nothing non-finite reaches the model
             raise ScanError(session.scans[0].path, f"preprocessing of {session.session_id} produced non-finite values")
         sample: dict[str, Any] = {
             "images": images,
-            "modalities": list(volumes),
+            "modalities": modalities,
             "session_id": session.session_id,
             "targets": dict(session.targets),
-            "skipped_scans": len(session.scans) - len(volumes),
+            "skipped_scans": len(session.scans) - len(modalities),
         }
-        if label_tensor is not None:
-            sample["label"] = label_tensor
+        if label is not None:
+            sample["label"] = label
         return sample
 
 

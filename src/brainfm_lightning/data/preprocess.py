@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torchio as tio
-from torch.nn import functional as F
 
 from brainfm_lightning.models.patch_embed import to_3tuple
 
@@ -22,7 +21,8 @@ class SessionPreprocessor:
 
     Steps: reorient to RAS, resample to ``spacing`` (if set), resample every scan to the session's reference
     (first) scan, z-score each scan on its foreground, pad to at least ``crop_size`` and crop (random offset for
-    training, centred otherwise), optional random left-right flip.
+    training, centred otherwise), optional random left-right flip. The deterministic steps are :meth:`to_grid`
+    (what ``brainfm data prepare`` stores), the random ones :meth:`crop_and_flip` (which also reads memory maps).
 
     Args:
         crop_size: Output size, an int or a 3-tuple.
@@ -70,6 +70,24 @@ class SessionPreprocessor:
             ``[1, *crop_size]`` (or ``None``).
         """
         rng = rng if rng is not None else np.random.default_rng()
+        stacked, label_tensor, _ = self.to_grid(volumes, label)
+        background = stacked.flatten(1).min(dim=1).values.numpy()
+        return self.crop_and_flip(stacked.numpy(), label_tensor.numpy() if label_tensor is not None else None,
+                                  background, rng)
+
+    def to_grid(
+        self, volumes: dict[str, tuple[np.ndarray, np.ndarray]], label: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
+        """The deterministic steps: RAS, ``spacing``, the reference scan's grid and the foreground z-score.
+
+        Args:
+            volumes: As in :meth:`__call__`.
+            label: As in :meth:`__call__`.
+
+        Returns:
+            ``images`` float32 ``[M, X, Y, Z]``, ``label`` uint8 ``[1, X, Y, Z]`` (or ``None``) and the 4x4 affine
+            of the shared grid.
+        """
         names = list(volumes)
         images = {n: tio.ScalarImage(tensor=torch.from_numpy(d[None]), affine=a) for n, (d, a) in volumes.items()}
         if label is not None:
@@ -83,30 +101,75 @@ class SessionPreprocessor:
         subject = self.normalize(subject)
         stacked = torch.cat([subject[n].data for n in names]).float()  # [M, X, Y, Z]
         label_tensor = subject["__label__"].data if label is not None else None
-        stacked, label_tensor = self._crop(stacked, label_tensor, rng)
-        if self.flip_probability and rng.random() < self.flip_probability:
-            stacked = stacked.flip(1)  # axis 1 of [M, X, Y, Z] is left-right in RAS
-            label_tensor = label_tensor.flip(1) if label_tensor is not None else None
-        return stacked.contiguous(), label_tensor.contiguous() if label_tensor is not None else None
+        return stacked, label_tensor, np.asarray(subject[names[0]].affine)
 
-    def _crop(
-        self, stacked: torch.Tensor, label: torch.Tensor | None, rng: np.random.Generator
+    def crop_and_flip(
+        self, images: np.ndarray, label: np.ndarray | None, background: np.ndarray, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # pad each scan with its own background value so padding looks like the region outside the head
-        shape = stacked.shape[1:]
-        pad = [max(c - s, 0) for c, s in zip(self.crop_size, shape, strict=True)]
-        if any(pad):
-            widths = [w for p in reversed(pad) for w in (p // 2, p - p // 2)]  # F.pad wants the last axis first
-            background = stacked.flatten(1).min(dim=1).values[:, None, None, None]
-            stacked = F.pad(stacked - background, widths) + background
-            label = F.pad(label, widths) if label is not None else None
-        shape = stacked.shape[1:]
-        if self.random_crop:
-            start = [int(rng.integers(0, s - c + 1)) for s, c in zip(shape, self.crop_size, strict=True)]
-        else:
-            start = [(s - c) // 2 for s, c in zip(shape, self.crop_size, strict=True)]
-        window = (slice(None),) + tuple(slice(b, b + c) for b, c in zip(start, self.crop_size, strict=True))
-        return stacked[window], (label[window] if label is not None else None)
+        """The random steps: pad to at least ``crop_size``, crop, optional left-right flip.
+
+        Only the crop window is read from ``images``, so a memory-mapped array (the prepared cache) is not decoded
+        whole.
+
+        Args:
+            images: ``[M, X, Y, Z]`` on the session grid, any float dtype, an array or a ``np.memmap``.
+            label: ``[1, X, Y, Z]`` mask or ``None``; padded with 0.
+            background: ``[M]`` value each scan is padded with (its minimum: the region outside the head).
+            rng: Draws the crop offset (when ``random_crop``) and then the flip.
+
+        Returns:
+            ``images`` float32 ``[M, *crop_size]`` and ``label`` uint8 ``[1, *crop_size]`` (or ``None``), contiguous.
+        """
+        start = crop_start(images.shape[1:], self.crop_size, self.random_crop, rng)
+        is_flipped = bool(self.flip_probability) and rng.random() < self.flip_probability
+        cropped = take_window(images, start, self.crop_size, background, torch.float32, is_flipped)
+        if label is None:
+            return cropped, None
+        return cropped, take_window(label, start, self.crop_size, 0, torch.uint8, is_flipped)
+
+
+def crop_start(
+    shape: Sequence[int], crop_size: Sequence[int], random_crop: bool, rng: np.random.Generator
+) -> tuple[int, ...]:
+    """First voxel of the crop window in the volume's coordinates; negative along axes shorter than the crop.
+
+    A short axis is padded evenly (the odd voxel after) to ``crop_size``; the window then starts at a random offset
+    (``random_crop``, one draw per axis, also on padded axes) or is centred.
+    """
+    starts = []
+    for length, size in zip(shape, crop_size, strict=True):
+        before = max(size - length, 0) // 2
+        room = max(length, size) - size
+        offset = int(rng.integers(0, room + 1)) if random_crop else room // 2
+        starts.append(offset - before)
+    return tuple(starts)
+
+
+def take_window(
+    volume: np.ndarray,
+    start: Sequence[int],
+    size: Sequence[int],
+    fill: np.ndarray | float,
+    dtype: torch.dtype,
+    is_flipped: bool = False,
+) -> torch.Tensor:
+    """Copy the window ``[start, start + size)`` of ``volume`` ``[C, X, Y, Z]`` into a new ``[C, *size]`` tensor.
+
+    Voxels of the window outside the volume take ``fill`` (a scalar or one value per channel). Only the overlap
+    is read, so a ``np.memmap`` pages in just the window. ``is_flipped`` reverses axis 1 (left-right in RAS).
+    """
+    window = torch.empty((volume.shape[0], *size), dtype=dtype)
+    source = [slice(max(b, 0), min(b + c, n)) for b, c, n in zip(start, size, volume.shape[1:], strict=True)]
+    if any(s.stop - s.start < c for s, c in zip(source, size, strict=True)):
+        window[...] = torch.as_tensor(np.asarray(fill), dtype=dtype).reshape(-1, 1, 1, 1)
+    target = [slice(s.start - b, s.stop - b) for s, b in zip(source, start, strict=True)]
+    # copied in the stored dtype, then converted by torch: numpy's float16 -> float32 cast is ~4x slower
+    overlap = torch.from_numpy(np.array(volume[(slice(None), *source)], order="C"))  # a copy: memmaps are read-only
+    if is_flipped:
+        overlap = overlap.flip(1)
+        target[0] = slice(size[0] - target[0].stop, size[0] - target[0].start)
+    window[(slice(None), *target)] = overlap
+    return window
 
 
 def _same_grid(image: tio.Image, reference: tio.Image) -> bool:
