@@ -34,6 +34,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/loader.py --out loader-results.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

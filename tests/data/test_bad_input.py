@@ -176,3 +176,12 @@ def test_read_manifest_raises_by_default_and_reports_when_asked(tmp_path):
         f"{manifest}: empty field(s) ['modality'] (m.csv line 4, row ignored)",
         f"{manifest}: empty session c/v1: no image row (only a label mask or bad rows)",
     ]
+
+
+def test_scan_error_survives_pickling_between_processes():
+    import pickle
+
+    from brainfm_lightning.data import ScanError
+
+    error = pickle.loads(pickle.dumps(ScanError("/data/sub-1/t1.nii.gz", "constant volume")))
+    assert str(error) == "/data/sub-1/t1.nii.gz: constant volume" and error.reason == "constant volume"

@@ -18,6 +18,10 @@ class ScanError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self) -> tuple:
+        # rebuild from (path, reason) when sent back from a worker process
+        return (type(self), (self.path, self.reason))
+
 
 def load_scan(
     path: str | Path, max_voxels: int = 512**3, max_anisotropy: float = 8.0, allow_constant: bool = False
