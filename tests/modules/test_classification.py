@@ -9,7 +9,7 @@ from conftest import CONFIGS
 
 from brainfm_lightning.cli import main
 from brainfm_lightning.models import ModalityMAE
-from brainfm_lightning.modules import ClassificationModule, MAEPretrainModule
+from brainfm_lightning.modules import ClassificationModule
 from brainfm_lightning.modules.classification import parse_targets
 from data_modules import ManifestDataModule
 
@@ -25,19 +25,6 @@ def trainer(tmp_path, **kwargs) -> L.Trainer:
 
 def datamodule(manifest) -> ManifestDataModule:
     return ManifestDataModule(str(manifest), crop_size=32, batch_size=3, num_workers=0, val_fraction=0.5)
-
-
-@pytest.fixture(scope="module")
-def pretrained(demo_manifest, tmp_path_factory):
-    """A pretraining checkpoint of the test preset after one step (shared with test_segmentation), its network."""
-    path = tmp_path_factory.getbasetemp() / "transfer_pretrained.ckpt"
-    if not path.exists():
-        torch.manual_seed(0)
-        module = MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1)
-        run = trainer(path.parent / "transfer_pretrain", limit_val_batches=0)
-        run.fit(module, datamodule=ManifestDataModule(str(demo_manifest), crop_size=32, batch_size=2))
-        run.save_checkpoint(path)
-    return path, ModalityMAE.from_checkpoint(path)
 
 
 def classifier(pretrained, **kwargs) -> ClassificationModule:

@@ -12,7 +12,7 @@ from brainfm_lightning.cli import main
 from brainfm_lightning.evaluation import evaluate_modality_subsets
 from brainfm_lightning.models import ModalityMAE
 from brainfm_lightning.models.seg_head import encoder_hidden_states, fuse_modalities
-from brainfm_lightning.modules import MAEPretrainModule, SegmentationModule
+from brainfm_lightning.modules import SegmentationModule
 from brainfm_lightning.modules import transfer as transfer_module
 from data_modules import ManifestDataModule
 
@@ -28,19 +28,6 @@ def trainer(tmp_path, **kwargs) -> L.Trainer:
 
 def datamodule(manifest, batch_size: int = 2) -> ManifestDataModule:
     return ManifestDataModule(str(manifest), crop_size=32, batch_size=batch_size, num_workers=0, with_label=True)
-
-
-@pytest.fixture(scope="module")
-def pretrained(demo_manifest, tmp_path_factory):
-    """A pretraining checkpoint of the test preset after one step (shared with test_classification), its network."""
-    path = tmp_path_factory.getbasetemp() / "transfer_pretrained.ckpt"
-    if not path.exists():
-        torch.manual_seed(0)
-        module = MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1)
-        run = trainer(path.parent / "transfer_pretrain", limit_val_batches=0)
-        run.fit(module, datamodule=ManifestDataModule(str(demo_manifest), crop_size=32, batch_size=2))
-        run.save_checkpoint(path)
-    return path, ModalityMAE.from_checkpoint(path)
 
 
 def segmenter(**kwargs) -> SegmentationModule:
