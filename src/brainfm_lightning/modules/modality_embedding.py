@@ -42,6 +42,17 @@ class ModalityEmbeddingMixin(L.LightningModule):
         self._embedding_rows: dict[str, int] = {}
         self._embedding_matrix: torch.Tensor | None = None
 
+    def setup(self, stage: str) -> None:
+        """Check the data's crop against the network and embed every modality name the data holds."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
+        crop, net = getattr(datamodule, "crop_size", None), getattr(self, "net", None)
+        if crop is not None and net is not None and tuple(crop) != tuple(net.img_size):
+            raise ValueError(f"data.crop_size {tuple(crop)} differs from the network's img_size {net.img_size}")
+        if hasattr(datamodule, "modality_names"):
+            self.ensure_modalities(datamodule.modality_names)
+
     def ensure_modalities(self, names: Sequence[str]) -> list[str]:
         """Add embeddings for names not yet in the table; returns the names added."""
         names = [n for n in names if n]

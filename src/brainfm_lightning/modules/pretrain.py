@@ -71,16 +71,6 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
         self._init_modality_table()
         self._step_started = time.perf_counter()
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is None:
-            return
-        crop = getattr(datamodule, "crop_size", None)
-        if crop is not None and tuple(crop) != tuple(self.net.img_size):
-            raise ValueError(f"data.crop_size {tuple(crop)} differs from the network's img_size {self.net.img_size}")
-        if hasattr(datamodule, "modality_names"):
-            self.ensure_modalities(datamodule.modality_names)
-
     def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> MAEOutput:
         images = batch["images"]
         return self.net(images, self.modality_embeddings(batch["modalities"], images), batch["present"], generator)

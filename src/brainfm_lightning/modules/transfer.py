@@ -131,16 +131,6 @@ class TransferModule(ModalityEmbeddingMixin):
         for name, param in self.net.named_parameters():
             param.requires_grad_(not is_frozen(name, depth, freeze))
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is None:
-            return
-        crop = getattr(datamodule, "crop_size", None)
-        if crop is not None and tuple(crop) != tuple(self.net.img_size):
-            raise ValueError(f"data.crop_size {tuple(crop)} differs from the network's img_size {self.net.img_size}")
-        if hasattr(datamodule, "modality_names"):
-            self.ensure_modalities(datamodule.modality_names)
-
     def embed_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Modality embeddings ``[B, M, modality_dim]`` of a batch's names."""
         return self.modality_embeddings(batch["modalities"], like=batch["images"])
