@@ -41,6 +41,7 @@ class ManifestDataModule(L.LightningDataModule):
         with_label: Load each session's label mask (segmentation).
         max_voxels: Reject larger scans.
         max_anisotropy: Reject scans with a larger ratio of coarsest to finest spacing.
+        augment: Random affine, bias field, gamma and noise on training crops (torchio); never on val/test.
         bucket_by_modality_count: Batch training sessions with the same number of modalities together where
             possible (less padding); still reshuffled every epoch from ``seed``.
         cache_dir: Root of the prepared cache (``brainfm data prepare``): sessions prepared for these settings
@@ -63,6 +64,7 @@ class ManifestDataModule(L.LightningDataModule):
         max_voxels: int = 512**3,
         max_anisotropy: float = 8.0,
         bucket_by_modality_count: bool = False,
+        augment: bool = False,
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -84,6 +86,7 @@ class ManifestDataModule(L.LightningDataModule):
         self.with_label = with_label
         self.load_kwargs = dict(max_voxels=max_voxels, max_anisotropy=max_anisotropy)
         self.bucket_by_modality_count = bucket_by_modality_count
+        self.augment = augment
         self.cache_dir = cache_dir
         self._check_manifest()
 
@@ -114,7 +117,8 @@ class ManifestDataModule(L.LightningDataModule):
 
     def _dataset(self, sessions: list[Session], train: bool) -> SessionDataset:
         preprocessor = SessionPreprocessor(self.crop_size, self.spacing, random_crop=train,
-                                           flip_probability=self.flip_probability if train else 0.0)
+                                           flip_probability=self.flip_probability if train else 0.0,
+                                           augment=self.augment and train)
         cache = PreparedCache(self.cache_dir, self.spacing, **self.load_kwargs) if self.cache_dir else None
         return SessionDataset(sessions, preprocessor, policy=self.bad_scan_policy, with_label=self.with_label,
                               seed=self.seed, cache=cache, **self.load_kwargs)

@@ -29,7 +29,7 @@ import numpy as np
 
 from brainfm_lightning.data.manifest import Problem, Session
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sessions are cropped to the head's bounding box
 NORMALIZATION = "zscore-foreground"  # what SessionPreprocessor.to_grid does; part of the key
 TEMP_MARK = ".tmp-"
 CACHE_DTYPES = ("float16", "float32")

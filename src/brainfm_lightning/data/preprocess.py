@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torchio as tio
+from monai.transforms.utils import generate_spatial_bounding_box
 
 from brainfm_lightning.models.patch_embed import to_3tuple
 
@@ -20,15 +21,20 @@ class SessionPreprocessor:
     """Turns the scans of one session into a ``[M, D, H, W]`` float tensor on a shared grid.
 
     Steps: reorient to RAS, resample to ``spacing`` (if set), resample every scan to the session's reference
-    (first) scan, z-score each scan on its foreground, pad to at least ``crop_size`` and crop (random offset for
-    training, centred otherwise), optional random left-right flip. The deterministic steps are :meth:`to_grid`
-    (what ``brainfm data prepare`` stores), the random ones :meth:`crop_and_flip` (which also reads memory maps).
+    (first) scan, z-score each scan on its foreground, crop to the head (the bounding box of the union of the
+    foregrounds plus a margin), pad to at least ``crop_size`` and crop (random offset for training, centred
+    otherwise), optional random left-right flip and, with ``augment``, random affine, bias field, gamma and noise
+    (torchio), drawn from the same per-sample generator so a sample is reproducible. The deterministic steps are
+    :meth:`to_grid` (what ``brainfm data prepare`` stores), the random ones :meth:`crop_and_flip` (which also reads
+    memory maps).
 
     Args:
         crop_size: Output size, an int or a 3-tuple.
         spacing: Target voxel spacing in mm, or ``None`` to keep the reference scan's grid.
         random_crop: Draw the crop offset at random (training) instead of centring it.
         flip_probability: Probability of a left-right flip of the whole session.
+        augment: Apply the random affine/bias-field/gamma/noise augmentation after the crop (training only).
+        foreground_margin: Voxels kept around the head's bounding box.
     """
 
     def __init__(
@@ -37,6 +43,8 @@ class SessionPreprocessor:
         spacing: float | None = None,
         random_crop: bool = False,
         flip_probability: float = 0.0,
+        augment: bool = False,
+        foreground_margin: int = 2,
     ) -> None:
         self.crop_size = to_3tuple(crop_size, "crop_size")
         if spacing is not None and spacing <= 0:
@@ -51,6 +59,8 @@ class SessionPreprocessor:
             steps.append(tio.Resample(spacing))
         self.grid_transform = tio.Compose(steps)
         self.normalize = tio.ZNormalization(masking_method=foreground)
+        self.foreground_margin = foreground_margin
+        self.augmentation = augmentation() if augment else None
 
     def __call__(
         self,
@@ -93,15 +103,23 @@ class SessionPreprocessor:
         if label is not None:
             mask = torch.from_numpy(label[0][None].astype(np.uint8))
             images["__label__"] = tio.LabelMap(tensor=mask, affine=label[1])
-        subject = self.grid_transform(tio.Subject(images))
-        reference = subject[names[0]]
-        others = [n for n in subject.keys() if n != names[0] and not _same_grid(subject[n], reference)]
-        if others:
-            subject = tio.Resample(names[0])(subject)
-        subject = self.normalize(subject)
+        with torch.random.fork_rng(devices=[]):  # torchio draws from torch's RNG even in deterministic transforms
+            subject = self.grid_transform(tio.Subject(images))
+            reference = subject[names[0]]
+            others = [n for n in subject.keys() if n != names[0] and not _same_grid(subject[n], reference)]
+            if others:
+                subject = tio.Resample(names[0])(subject)
+            subject = self.normalize(subject)
         stacked = torch.cat([subject[n].data for n in names]).float()  # [M, X, Y, Z]
         label_tensor = subject["__label__"].data if label is not None else None
-        return stacked, label_tensor, np.asarray(subject[names[0]].affine)
+        affine = np.asarray(subject[names[0]].affine)
+        head = torch.stack([foreground(volume) for volume in stacked]).any(dim=0, keepdim=True)  # [1, X, Y, Z]
+        start, end = generate_spatial_bounding_box(head, margin=self.foreground_margin, allow_smaller=True)
+        window = (slice(None), *(slice(b, e) for b, e in zip(start, end, strict=True)))
+        affine = affine.copy()
+        affine[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=float) + affine[:3, 3]  # origin of the cropped grid
+        label_tensor = label_tensor[window].contiguous() if label_tensor is not None else None
+        return stacked[window].contiguous(), label_tensor, affine
 
     def crop_and_flip(
         self, images: np.ndarray, label: np.ndarray | None, background: np.ndarray, rng: np.random.Generator
@@ -123,9 +141,36 @@ class SessionPreprocessor:
         start = crop_start(images.shape[1:], self.crop_size, self.random_crop, rng)
         is_flipped = bool(self.flip_probability) and rng.random() < self.flip_probability
         cropped = take_window(images, start, self.crop_size, background, torch.float32, is_flipped)
-        if label is None:
-            return cropped, None
-        return cropped, take_window(label, start, self.crop_size, 0, torch.uint8, is_flipped)
+        label_window = None
+        if label is not None:
+            label_window = take_window(label, start, self.crop_size, 0, torch.uint8, is_flipped)
+        if self.augmentation is not None:
+            cropped, label_window = self._augment(cropped, label_window, rng)
+        return cropped, label_window
+
+    def _augment(
+        self, images: torch.Tensor, label: torch.Tensor | None, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """torchio's random transforms on the crop, seeded from ``rng`` without touching torch's global RNG."""
+        seed = int(rng.integers(2**62))
+        parts = {f"scan{i}": tio.ScalarImage(tensor=images[i : i + 1]) for i in range(images.shape[0])}
+        if label is not None:
+            parts["label"] = tio.LabelMap(tensor=label)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            subject = self.augmentation(tio.Subject(parts))
+        augmented = torch.cat([subject[f"scan{i}"].data for i in range(images.shape[0])]).float()
+        return augmented.contiguous(), subject["label"].data.contiguous() if label is not None else None
+
+
+def augmentation() -> tio.Compose:
+    """Pretraining augmentation: small random affine, bias field, gamma and Gaussian noise (z-scored intensities)."""
+    return tio.Compose([
+        tio.RandomAffine(scales=0.1, degrees=10, translation=0, default_pad_value="minimum", p=0.5),
+        tio.RandomBiasField(coefficients=0.3, p=0.3),
+        tio.RandomGamma(log_gamma=0.2, p=0.3),
+        tio.RandomNoise(std=(0, 0.05), p=0.3),
+    ])
 
 
 def crop_start(
