@@ -20,6 +20,8 @@ from brainfm_lightning.losses import covariance_loss, masked_mse_loss, variance_
 from brainfm_lightning.masking import keep_counts
 from brainfm_lightning.models import ModalityMAE
 
+WARMUP_STEPS = 3
+
 
 def forward_flops(net: ModalityMAE, modalities_per_session: list[int]) -> float:
     """Analytic forward FLOPs (2 per multiply-add) of the linear layers and attention, valid tokens only."""
@@ -70,8 +72,9 @@ def compare_paths(preset: str, modalities_per_session: list[int], repeats: int) 
     nets = {"pad_free": pad_free, "padded": padded}
     optimizers = {name: torch.optim.AdamW(net.parameters(), lr=1e-4) for name, net in nets.items()}
     times: dict[str, list[float]] = {name: [] for name in nets}
-    for name, net in nets.items():
-        train_step(net, optimizers[name], batch)
+    for _ in range(WARMUP_STEPS):  # the first steps pay for allocating (page-faulting) the activations
+        for name, net in nets.items():
+            train_step(net, optimizers[name], batch)
     for _ in range(repeats):
         for name, net in nets.items():
             start = time.perf_counter()
@@ -120,8 +123,9 @@ def step_time_vs_modalities(net: ModalityMAE, repeats: int, sessions: int) -> di
     """Median step time for batches whose sessions all have k = 1..4 modalities, relative to k = 1."""
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     batches = {k: make_batch(net, [k] * sessions, k) for k in range(1, 5)}
-    for batch in batches.values():  # warm-up
-        train_step(net, optimizer, batch)
+    for _ in range(WARMUP_STEPS):
+        for batch in batches.values():
+            train_step(net, optimizer, batch)
     times: dict[int, list[float]] = {k: [] for k in batches}
     for _ in range(repeats):
         for k, batch in batches.items():  # alternate the cases so drifts hit all of them alike
@@ -142,7 +146,7 @@ def step_time_vs_modalities(net: ModalityMAE, repeats: int, sessions: int) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="small", help="Model preset (default: %(default)s).")
-    parser.add_argument("--repeats", type=int, default=5, help="Timed repeats per case (default: %(default)s).")
+    parser.add_argument("--repeats", type=int, default=7, help="Timed repeats per case (default: %(default)s).")
     parser.add_argument("--out", default="bench-results.json", help="JSON output (default: %(default)s).")
     args = parser.parse_args()
     mixed, uniform = [1, 2, 3, 4] * 2, [4] * 8
