@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Pinned first so that no CUDA build of torch is pulled in by lightning/monai/transformers.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint bench clean test-slurm
+.PHONY: install demo test test-fast lint bench clean test-slurm compare
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ lint: install
 bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/loader.py --out loader-results.json
+
+# BrainFM (pretrained, from scratch) vs a fixed-channel U-Net on the SYNTHETIC demo data, with all modalities and
+# each one missing: writes compare/results.md and .csv (~12 min on 2 CPU cores; e.g. COMPARE_ARGS="--steps 200").
+compare: install
+	$(PY) scripts/compare.py $(COMPARE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

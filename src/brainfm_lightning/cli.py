@@ -10,7 +10,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-TOOL_GROUPS = ("data", "modalities")
+TOOL_GROUPS = ("data", "modalities", "evaluate")
 
 OVERVIEW = """usage: brainfm COMMAND [options]
 
@@ -23,8 +23,9 @@ Training (LightningCLI; configs compose left to right, every dotted key can be o
   predict    predict with a checkpoint
 
 Tools:
-  data        demo | check | prepare     build the demo data, check a dataset, ...
+  data        demo | check | prepare     build the demo data, check a dataset, prepare the cache
   modalities  embed | similarity         modality text embeddings
+  evaluate    robustness                 score a checkpoint on every subset of the modalities
 
 Run `brainfm COMMAND --help` for the options of a command.
 """
@@ -77,6 +78,7 @@ def run_lightning(argv: Sequence[str] | None) -> None:
 def tool_parser() -> argparse.ArgumentParser:
     """``brainfm data ...`` and ``brainfm modalities ...``."""
     from brainfm_lightning.data import commands as data_commands
+    from brainfm_lightning.evaluation import commands as evaluation_commands
     from brainfm_lightning.modalities import commands as modality_commands
 
     parser = argparse.ArgumentParser(prog="brainfm", description="BrainFM-Lightning tools.")
@@ -87,6 +89,10 @@ def tool_parser() -> argparse.ArgumentParser:
     modalities = groups.add_parser("modalities", help="Modality text embeddings.",
                                    description="Embed modality names with a text encoder and inspect the table.")
     modality_commands.register(modalities.add_subparsers(dest="command", required=True))
+    evaluate = groups.add_parser("evaluate", help="Evaluate trained checkpoints.",
+                                 description="Evaluate a trained checkpoint, e.g. its robustness to missing or "
+                                             "unseen modalities.")
+    evaluation_commands.register(evaluate.add_subparsers(dest="command", required=True))
     return parser
 
 

@@ -1,0 +1,202 @@
+"""``brainfm evaluate robustness``: score a trained segmenter on every subset of each test session's modalities."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_EXIT_BAD_INPUT = 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``robustness`` subcommand; it sets ``func`` returning an exit status.
+
+    Args:
+        subparsers: The group returned by ``add_subparsers()`` of the ``evaluate`` parser.
+    """
+    robustness = subparsers.add_parser(
+        "robustness",
+        help="Dice/HD95 of a trained segmenter for every subset of each test session's modalities.",
+        description="Build the model and datamodule from the training configs (as brainfm fit does), load the "
+                    "checkpoint's weights, segment every test session once per non-empty subset of its modalities "
+                    "(the others dropped) and write robustness.csv, robustness.md, robustness_cases.csv and "
+                    "robustness.png to --out; the markdown table is also printed. Exit status: 0 done, 2 bad input.",
+        epilog="example: brainfm evaluate robustness --config configs/finetune/seg_demo.yaml "
+               "--ckpt_path runs/seg_demo/csv/version_0/checkpoints/last.ckpt --unseen-name FLAIR=T2-FLAIR-3D-SPACE",
+    )
+    robustness.add_argument("--config", action="append", required=True, metavar="CONFIG.yaml",
+                            help="LightningCLI config the model was trained with; repeat to compose (later files "
+                                 "override).")
+    robustness.add_argument("--ckpt_path", "--ckpt-path", required=True, metavar="CKPT",
+                            help="Checkpoint written by brainfm fit (e.g. .../checkpoints/last.ckpt).")
+    robustness.add_argument("--out", default=None, metavar="DIR",
+                            help="Output folder (default: <checkpoint folder>/robustness_<checkpoint name>).")
+    robustness.add_argument("--unseen-name", action="append", default=[], metavar="OLD=NEW",
+                            help="Show the model modality OLD under the name NEW (e.g. FLAIR=T2-FLAIR-3D-SPACE), one "
+                                 "it never saw in training; BrainFM embeds it with its text encoder, a fixed-channel "
+                                 "U-Net cannot use it. Subsets holding OLD are reported as NEW. Repeatable.")
+    robustness.add_argument("--limit", type=int, default=None, metavar="N",
+                            help="Evaluate the first N test batches only (default: all).")
+    robustness.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                            help="Override a config value, as --KEY VALUE does for brainfm fit (e.g. "
+                                 "--set data.init_args.root=data/demo); repeatable.")
+    robustness.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                            help="Where to run the model (default: %(default)s, a GPU when there is one).")
+    robustness.set_defaults(func=run_robustness)
+
+
+def _fail(message: str) -> int:
+    print(f"brainfm evaluate robustness: error: {message}", file=sys.stderr)
+    return _EXIT_BAD_INPUT
+
+
+def parse_renames(pairs: Sequence[str]) -> dict[str, str]:
+    """``["OLD=NEW", ...]`` -> ``{OLD: NEW}``; raises ``ValueError`` naming a malformed or repeated pair."""
+    renames: dict[str, str] = {}
+    for pair in pairs:
+        old, is_pair, new = pair.partition("=")
+        if not is_pair or not old.strip() or not new.strip():
+            raise ValueError(f"--unseen-name wants OLD=NEW, got {pair!r}")
+        if old.strip() in renames:
+            raise ValueError(f"--unseen-name renames {old.strip()!r} twice")
+        renames[old.strip()] = new.strip()
+    return renames
+
+
+def check_renames(renames: Mapping[str, str], known: Sequence[str]) -> None:
+    """Raise ``ValueError`` when an OLD name is not a modality of the data, or a NEW name already is one."""
+    unknown = [old for old in renames if old not in known]
+    if unknown:
+        raise ValueError(f"--unseen-name: modality {', '.join(map(repr, unknown))} is not in the data "
+                         f"(modalities: {list(known)})")
+    taken = [new for new in renames.values() if new in known]
+    if taken:
+        raise ValueError(f"--unseen-name: {', '.join(map(repr, taken))} is already a modality of the data, not an "
+                         "unseen name")
+
+
+def renamed_batches(batches: Iterable[Mapping[str, Any] | None], renames: Mapping[str, str],
+                    device: torch.device, limit: int | None = None) -> Iterator[dict[str, Any] | None]:
+    """The first ``limit`` batches, modality names renamed and tensors moved to ``device`` (``None`` kept)."""
+    for index, batch in enumerate(batches):
+        if limit is not None and index >= limit:
+            return
+        if batch is None:
+            yield None
+            continue
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        moved["modalities"] = [[renames.get(n, n) for n in row] for row in batch["modalities"]]
+        yield moved
+
+
+def load_trained(configs: Sequence[str], ckpt_path: str, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
+    """The LightningModule and datamodule of training ``configs`` (as ``brainfm fit`` builds them), with the weights
+    and modality table of ``ckpt_path``.
+
+    ``model.pretrained`` is cleared (the checkpoint holds every weight) and ``data.with_label`` is set.
+
+    Args:
+        configs: LightningCLI YAML files, composed left to right.
+        ckpt_path: A checkpoint of the same model class and sizes.
+        overrides: ``KEY=VALUE`` pairs, as ``--KEY VALUE`` of ``brainfm fit`` (e.g. ``data.init_args.root=DIR``).
+
+    Raises:
+        FileNotFoundError: A config or the checkpoint does not exist (named).
+        ValueError: Bad override, bad config value, or a checkpoint of another model class or size (named).
+    """
+    from jsonargparse import ArgumentError
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    from brainfm_lightning.cli import BrainFMCLI
+
+    class EvaluationCLI(BrainFMCLI):
+        def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse's LightningArgumentParser
+            super().add_arguments_to_parser(parser)
+            parser.add_argument("--ckpt_path", type=str | None, default=None,
+                                help="Accepted so that the config.yaml a fit run saved parses; unused.")
+
+        def before_instantiate_classes(self) -> None:
+            for section, key, value in (("model", "pretrained", None), ("data", "with_label", True)):
+                init_args = self.config[section].get("init_args")
+                if init_args is not None and key in init_args:
+                    init_args[key] = value
+
+        def instantiate_trainer(self, **kwargs: Any) -> None:  # type: ignore[override]
+            return None  # evaluation runs its own loop
+
+    for path in [*configs, ckpt_path]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{'checkpoint' if path == ckpt_path else 'config'} not found: {path}")
+    args = [item for config in configs for item in ("--config", str(config))]
+    for override in overrides:
+        key, is_pair, value = override.partition("=")
+        if not is_pair or not key:
+            raise ValueError(f"--set wants KEY=VALUE, got {override!r}")
+        args += [f"--{key.removeprefix('--')}", value]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # this tool has its own argv
+            cli = EvaluationCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
+                                subclass_mode_data=True, save_config_callback=None, args=args, run=False,
+                                parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
+                                auto_configure_optimizers=False)
+    except ArgumentError as error:
+        raise ValueError(" ".join(str(error).split())) from error
+    module, datamodule = cli.model, cli.datamodule
+    if getattr(datamodule, "with_label", True) is not True:
+        raise ValueError(f"{type(datamodule).__name__} serves no label masks; robustness needs them")
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for files that are not checkpoints
+        raise ValueError(f"cannot read checkpoint {ckpt_path}: {' '.join(str(error).split())[:300]}") from error
+    trained_as = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    built_as = f"{type(module).__module__}.{type(module).__qualname__}"
+    if trained_as and trained_as.rsplit(".", 1)[-1] != type(module).__qualname__:
+        raise ValueError(f"{ckpt_path} holds a {trained_as} but the configs build a {built_as}")
+    try:
+        module.on_load_checkpoint(checkpoint)  # the modality table (or channel list) before the weights
+        module.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, RuntimeError) as error:
+        raise ValueError(f"{ckpt_path} does not fit the model of the configs (pass the --set overrides the "
+                         f"training used): {' '.join(str(error).split())[:800]}") from error
+    return module, datamodule
+
+
+def run_robustness(args: argparse.Namespace) -> int:
+    from brainfm_lightning.cli import ConfigurationError
+    from brainfm_lightning.evaluation.robustness import evaluate_modality_subsets, markdown_table
+    from brainfm_lightning.modalities.encoder import TextEncoderUnavailableError
+
+    try:
+        renames = parse_renames(args.unseen_name)
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        module, datamodule = load_trained(args.config, args.ckpt_path, args.overrides)
+        if hasattr(datamodule, "modality_names"):
+            check_renames(renames, datamodule.modality_names)
+    except (FileNotFoundError, ValueError, ConfigurationError) as error:
+        return _fail(str(error))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return _fail("--device cuda: no GPU available")
+    is_gpu = args.device == "cuda" or args.device == "auto" and torch.cuda.is_available()
+    device = torch.device("cuda" if is_gpu else "cpu")
+    module.to(device).eval()
+    spacing = module.hparams.get("voxel_spacing") or getattr(datamodule, "spacing", None)
+    if spacing is None:
+        print("note: HD95 is in voxels (no data.spacing or model.voxel_spacing)", file=sys.stderr)
+    out = Path(args.out) if args.out else Path(args.ckpt_path).parent / f"robustness_{Path(args.ckpt_path).stem}"
+    datamodule.setup("test")
+    batches = renamed_batches(datamodule.test_dataloader(), renames, device, args.limit)
+    try:
+        summary = evaluate_modality_subsets(module, batches, out, module.hparams.num_classes, spacing or 1.0)
+    except (ValueError, TextEncoderUnavailableError) as error:  # e.g. a name without a U-Net channel, no data
+        return _fail(str(error))
+    print(f"robustness of {args.ckpt_path} on the test split, per modality subset (written to {out}):")
+    print(markdown_table(summary), end="")
+    return 0

@@ -1,0 +1,216 @@
+"""The baseline BrainFM is compared to: a from-scratch nnU-Net-style 3D U-Net on a FIXED list of modality channels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from monai.inferers import sliding_window_inference
+from monai.losses import DeepSupervisionLoss, DiceCELoss
+from monai.networks.nets import DynUNet
+from torch import nn
+from torchmetrics import MeanMetric
+
+from brainfm_lightning.evaluation import SEGMENTATION_METRICS
+from brainfm_lightning.models.patch_embed import to_3tuple
+from brainfm_lightning.modules.modality_embedding import injected_hparams_to_ignore
+from brainfm_lightning.modules.schedule import cosine_with_warmup
+from brainfm_lightning.modules.segmentation import SegmentationModule
+from brainfm_lightning.modules.transfer import check_optimization
+
+UnknownPolicy = Literal["error", "ignore"]
+NNUNET_FILTERS = (32, 64, 128, 256, 320)
+
+
+def to_channels(images: torch.Tensor, channel_one_hot: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Slots ``[B, M, *S]`` -> fixed channels ``[B, C, *S]``: each present slot lands on its channel, the rest is 0.
+
+    Args:
+        images: Scans in the batch's slot order; padded slots may hold anything (NaN too).
+        channel_one_hot: ``[B, M, C]``, the one-hot channel of each slot (all zero: the slot has no channel).
+        present: bool ``[B, M]``.
+    """
+    is_present = present[:, :, None, None, None]
+    kept = images.masked_fill(~is_present, 0.0)  # 0 * NaN would leak into the sum
+    return torch.einsum("bm...,bmc->bc...", kept, channel_one_hot * present[..., None].to(images.dtype))
+
+
+class UNetBaselineModule(SegmentationModule):
+    """nnU-Net-style segmentation (MONAI ``DynUNet``, instance norm, optional deep supervision) trained from scratch.
+
+    Unlike BrainFM it has one input channel per modality of a fixed list: a session's scans go to their channels and
+    the channels of modalities it lacks are zeros. It shares the rest with :class:`SegmentationModule` (DiceCE loss,
+    sliding-window inference, per-case Dice/HD95/sensitivity/specificity, ``test_metrics.csv``, predictions): its
+    :meth:`modality_embeddings` are the one-hot channels of the slots, so it also fits
+    :func:`~brainfm_lightning.evaluation.evaluate_modality_subsets`, which drops modalities through ``present``.
+
+    Args:
+        modalities: The input channels, in order (e.g. ``[T1, T2, PD, FLAIR]``).
+        unknown_modalities: A scan whose modality is not in ``modalities``: ``error`` raises naming it; ``ignore``
+            drops it (its information is lost, a fixed-channel model cannot use it) with one warning per name.
+        num_classes: Classes including background.
+        img_size: Training crop and sliding-window size; must equal ``data.crop_size``.
+        filters: Channels per resolution level, full resolution first; each level halves the size (default
+            nnU-Net's 32, 64, 128, 256, 320). ``img_size`` must be divisible by ``2 ** (len(filters) - 1)``.
+        deep_supervision: Also train on the logits of the ``deep_supervision_heads`` next-coarser decoder levels
+            (upsampled), summing their DiceCE with weights 1, 1/2, 1/4, ... (MONAI's ``DeepSupervisionLoss``; nnU-Net
+            also halves the weight per level, but normalises the sum); inference uses the full-resolution head only.
+        deep_supervision_heads: Extra heads under deep supervision (< ``len(filters) - 1``).
+        optimizer: Optimizer factory; receives parameter groups.
+        weight_decay: Weight decay of convolution weights (not biases or norms).
+        warmup_steps: Learning-rate warm-up, in steps (>= 1) or as a fraction of all steps (< 1).
+        min_lr_ratio: Final learning rate of the cosine schedule over the peak.
+        voxel_spacing: Spacing in mm for HD95; ``None`` takes the datamodule's ``spacing`` (or 1, in voxels).
+        sw_batch_size: Windows per forward pass of sliding-window inference.
+        sw_overlap: Overlap of the sliding windows.
+    """
+
+    def __init__(
+        self,
+        modalities: Sequence[str] = ("T1", "T2", "PD", "FLAIR"),
+        unknown_modalities: UnknownPolicy = "error",
+        num_classes: int = 2,
+        img_size: int | Sequence[int] = 64,
+        filters: Sequence[int] = NNUNET_FILTERS,
+        deep_supervision: bool = False,
+        deep_supervision_heads: int = 1,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        weight_decay: float = 0.05,
+        warmup_steps: float = 0.05,
+        min_lr_ratio: float = 0.0,
+        voxel_spacing: float | Sequence[float] | None = None,
+        sw_batch_size: int = 2,
+        sw_overlap: float = 0.25,
+    ) -> None:
+        # Skip SegmentationModule.__init__ (it builds an MAE encoder and a modality table). Naming __class__ gives
+        # this frame the cell save_hyperparameters looks for to collect the arguments.
+        super(__class__.__base__, self).__init__()
+        self.channels, self.img_size = list(modalities), to_3tuple(img_size, "img_size")
+        if not self.channels or len(set(self.channels)) != len(self.channels) or "" in self.channels:
+            raise ValueError(f"modalities must be distinct non-empty names, got {self.channels}")
+        if unknown_modalities not in ("error", "ignore"):
+            raise ValueError(f"unknown_modalities must be 'error' or 'ignore', got {unknown_modalities!r}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background and one class), got {num_classes}")
+        levels = len(filters)
+        if levels < 3:
+            raise ValueError(f"filters needs at least 3 resolution levels, got {list(filters)}")
+        if any(n % 2 ** (levels - 1) for n in self.img_size):
+            raise ValueError(f"img_size {self.img_size} is not divisible by 2 ** (len(filters) - 1) = "
+                             f"{2 ** (levels - 1)} (filters {list(filters)})")
+        if deep_supervision and not 1 <= deep_supervision_heads < levels - 1:
+            raise ValueError(f"deep_supervision_heads must lie in [1, {levels - 2}], got {deep_supervision_heads}")
+        check_optimization(weight_decay, 1.0, warmup_steps)
+        self.save_hyperparameters(ignore=injected_hparams_to_ignore())
+        self.unet = DynUNet(3, len(self.channels), num_classes, kernel_size=[3] * levels,
+                            strides=[1] + [2] * (levels - 1), upsample_kernel_size=[2] * (levels - 1),
+                            filters=list(filters), norm_name=("instance", {"affine": True}),
+                            deep_supervision=deep_supervision, deep_supr_num=deep_supervision_heads)
+        self.optimizer_factory = optimizer
+        dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.loss: nn.Module = DeepSupervisionLoss(dice_ce, weight_mode="exp") if deep_supervision else dice_ce
+        self.spacing: float | Sequence[float] = voxel_spacing or 1.0
+        self.metric_means = nn.ModuleDict({f"{stage}_{name}": MeanMetric(nan_strategy="ignore")
+                                           for stage in ("val", "test") for name in SEGMENTATION_METRICS})
+        self._test_rows: list[dict[str, object]] = []
+        self.channel_index = {name: c for c, name in enumerate(self.channels)}
+        self.modality_table = None  # callbacks look for a text-embedding table; a fixed-channel model has none
+        self._warned: set[str] = set()
+
+    @property
+    def net(self) -> None:  # type: ignore[override]
+        """No :class:`ModalityMAE` here (``brainfm`` then skips its encoder-size checks)."""
+        return None
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        crop = getattr(datamodule, "crop_size", None)
+        if crop is not None and tuple(crop) != self.img_size:
+            raise ValueError(f"data.crop_size {tuple(crop)} differs from the U-Net's img_size {self.img_size} "
+                             "(model.img_size); set them equal")
+        if hasattr(datamodule, "modality_names"):
+            self.check_modalities(datamodule.modality_names)
+        if self.hparams.voxel_spacing is None:
+            spacing = getattr(datamodule, "spacing", None)
+            if spacing is None and stage != "predict":
+                rank_zero_warn("HD95 is in voxels: set data.spacing or model.voxel_spacing to report millimetres")
+            self.spacing = spacing or 1.0
+
+    def check_modalities(self, names: Sequence[str]) -> None:
+        """Raise (``unknown_modalities: error``) or warn once (``ignore``) about names that have no channel."""
+        unknown = sorted({n for n in names if n and n not in self.channel_index} - self._warned)
+        if not unknown:
+            return
+        if self.hparams.unknown_modalities == "error":
+            raise ValueError(f"modalities {unknown} are not input channels of the U-Net {self.channels}: add them "
+                             "to model.modalities, or set model.unknown_modalities: ignore to drop those scans")
+        rank_zero_warn(f"modalities {unknown} are not input channels of the U-Net {self.channels}: their scans are "
+                       "dropped (zero channels)")
+        self._warned.update(unknown)
+
+    def modality_embeddings(self, modalities: Sequence[Sequence[str]], like: torch.Tensor) -> torch.Tensor:
+        """One-hot channels ``[B, M, C]`` of a batch's slot names (all zero for padding and ignored names)."""
+        self.check_modalities([n for row in modalities for n in row])
+        width = max((len(row) for row in modalities), default=0)
+        one_hot = torch.zeros(len(modalities), width, len(self.channels), dtype=like.dtype, device=like.device)
+        for b, row in enumerate(modalities):
+            named = [n for n in row if n]
+            if len(set(named)) != len(named):
+                raise ValueError(f"a session holds a modality twice: {list(row)}")
+            for m, name in enumerate(row):
+                if name in self.channel_index:
+                    one_hot[b, m, self.channel_index[name]] = 1.0
+        return one_hot
+
+    def embed_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.modality_embeddings(batch["modalities"], like=batch["images"])
+
+    def forward(  # type: ignore[override]
+        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Logits ``[B, num_classes, *S]`` of slots ``images`` ``[B, M, *S]`` with one-hot channels ``[B, M, C]``.
+
+        While training with deep supervision: the list of every head's logits at full resolution, main head first
+        (what the deep-supervision loss takes).
+        """
+        logits = self.unet(to_channels(images, modality_embeddings, present))
+        if self.training and self.hparams.deep_supervision:
+            return list(logits.unbind(1))  # DynUNet stacks the heads on dim 1
+        return logits
+
+    def _main_logits(self, channels: torch.Tensor) -> torch.Tensor:
+        logits = self.unet(channels)
+        return logits[:, 0] if logits.dim() == channels.dim() + 1 else logits  # stacked heads in train mode
+
+    def predict_logits(
+        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of volumes of any size: one pass for a crop, MONAI sliding windows (Gaussian blend) otherwise."""
+        channels = to_channels(images, modality_embeddings, present)
+        if tuple(channels.shape[2:]) == self.img_size:
+            return self._main_logits(channels)
+        return sliding_window_inference(channels, self.img_size, self.hparams.sw_batch_size, self._main_logits,
+                                        overlap=self.hparams.sw_overlap, mode="gaussian")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decayed = [p for p in self.parameters() if p.requires_grad and p.ndim > 1]
+        exempt = [p for p in self.parameters() if p.requires_grad and p.ndim <= 1]  # biases and norms
+        optimizer = self.optimizer_factory([{"params": decayed, "weight_decay": hp.weight_decay},
+                                            {"params": exempt, "weight_decay": 0.0}])
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
+        scheduler = cosine_with_warmup(optimizer, total, warmup, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["modality_channels"] = list(self.channels)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("modality_channels")
+        if saved is not None and list(saved) != self.channels:
+            raise ValueError(f"the checkpoint's U-Net channels {list(saved)} differ from model.modalities "
+                             f"{self.channels}; the weights would read the wrong scans")
