@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-from typing import Any
-
-from brainfm_lightning.data import Session
-from brainfm_lightning.data.adapters import index_dataset
-from data_modules.manifest import ManifestDataModule
+from data_modules.folder import FolderDataModule
 
 
-class Fomo25DataModule(ManifestDataModule):
+class Fomo25DataModule(FolderDataModule):
     """The FOMO25 pretraining data (FOMO-60K layout): one folder per session, one file per modality.
 
     The modality is the file stem (``t1.nii.gz`` -> ``t1``, ``dwi_b1000.nii.gz`` -> ``dwi_b1000``); a ``seg`` or
@@ -27,14 +22,4 @@ class Fomo25DataModule(ManifestDataModule):
         ValueError: ``root`` holds no session with an image.
     """
 
-    def __init__(self, root: str, **kwargs: Any) -> None:
-        self.root = root
-        super().__init__(manifest=root, **kwargs)
-
-    def _check_manifest(self) -> None:
-        """Index now, so that a missing or empty root fails while the config is read, naming ``data.root``."""
-        _ = self.sessions
-
-    @cached_property
-    def sessions(self) -> list[Session]:
-        return index_dataset(self.root, "fomo25")
+    layout = "fomo25"
