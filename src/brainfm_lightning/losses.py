@@ -19,13 +19,15 @@ def masked_mse_loss(
     Returns:
         Scalar; 0 when nothing is masked.
     """
+    # only the masked patches enter the arithmetic: [B, N, P] -> [K, P], no work on visible or padded ones
+    pred, target = pred[is_masked].float(), target[is_masked].float()
+    if pred.shape[0] == 0:
+        return pred.sum() * 0.0  # keeps the graph connected
     if norm_pix_loss:
         mean = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, keepdim=True)
         target = (target - mean) / (var + 1e-6) ** 0.5
-    per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # [B, N]; every patch has P voxels
-    weight = is_masked.to(per_patch.dtype)
-    return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)  # mean loss on removed patches
+    return (pred - target).square().mean()  # every patch has P voxels: the mean over patches and voxels
 
 
 def variance_loss(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:

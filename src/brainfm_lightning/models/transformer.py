@@ -119,6 +119,8 @@ class ConditionedTransformer(nn.Module):
         head = head if head is not None else nn.Identity()
         if not self.pad_free:
             return head(self._run(x, cond, cond_index, key_valid=key_valid))
+        if bool(key_valid.all()):  # one group holding every session: no packing needed, and no mask
+            return head(self._run(x, cond, cond_index))
         packing = Packing.from_valid(key_valid)
         slots = cond_index + torch.arange(x.shape[0], device=x.device)[:, None] * cond.shape[1]  # flat [B * M] rows
         packed = self._run(packing.pack(x), cond, packing.pack(slots), groups=packing.groups)
