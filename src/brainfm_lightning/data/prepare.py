@@ -20,6 +20,7 @@ from brainfm_lightning.data.dataset import BadScanPolicy
 from brainfm_lightning.data.io import ScanError, load_scan
 from brainfm_lightning.data.manifest import Problem, Session
 from brainfm_lightning.data.preprocess import SessionPreprocessor
+from brainfm_lightning.overrides import parse_set_overrides
 
 # (problems found, whether the session is now in the cache, the bad scan that stops the run under "error")
 Outcome = tuple[list[Problem], bool, Problem | None]
@@ -207,10 +208,7 @@ def load_datamodule(configs: Sequence[str | Path], overrides: Sequence[str] = ()
             args += ["--data", json.dumps(section)]
     if not args:
         raise ValueError(f"no 'data:' section (class_path + init_args) in {', '.join(map(str, configs))}")
-    for override in overrides:
-        key, is_pair, value = override.partition("=")
-        if not is_pair or not key:
-            raise ValueError(f"--set wants KEY=VALUE, got {override!r}")
+    for key, value in parse_set_overrides(overrides):
         args += [f"--data.{key.removeprefix('data.').removeprefix('init_args.')}", value]
     try:
         return parser.instantiate_classes(parser.parse_args(args)).data

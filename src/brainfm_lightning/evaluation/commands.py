@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from brainfm_lightning.overrides import parse_set_overrides
+
 _EXIT_BAD_INPUT = 2
 
 
@@ -134,10 +136,7 @@ def load_trained(configs: Sequence[str], ckpt_path: str, overrides: Sequence[str
         if not Path(path).is_file():
             raise FileNotFoundError(f"{'checkpoint' if path == ckpt_path else 'config'} not found: {path}")
     args = [item for config in configs for item in ("--config", str(config))]
-    for override in overrides:
-        key, is_pair, value = override.partition("=")
-        if not is_pair or not key:
-            raise ValueError(f"--set wants KEY=VALUE, got {override!r}")
+    for key, value in parse_set_overrides(overrides):
         args += [f"--{key.removeprefix('--')}", value]
     try:
         with warnings.catch_warnings():
