@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from brainfm_lightning.data import Session, SessionDataset, SessionPreprocessor, pad_collate, read_manifest
 from brainfm_lightning.data.cache import PreparedCache
 from brainfm_lightning.data.dataset import BadScanPolicy
-from brainfm_lightning.data.sampling import EpochSampler
+from brainfm_lightning.data.sampling import EpochSampler, ResumableDataLoader
 from brainfm_lightning.models.patch_embed import to_3tuple
 
 
@@ -131,8 +131,15 @@ class ManifestDataModule(L.LightningDataModule):
         sampler = EpochSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
                                rank=trainer.global_rank if trainer else 0, shuffle=train, seed=self.seed,
                                group_keys=group_keys, batch_size=self.batch_size)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=pad_collate, persistent_workers=False)
+        options = dict(batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                       collate_fn=pad_collate, persistent_workers=False)
+        if train and trainer is not None:  # the position within an epoch goes into checkpoints
+            return ResumableDataLoader(dataset, position=self._training_position, **options)
+        return DataLoader(dataset, **options)
+
+    def _training_position(self) -> tuple[int, int]:
+        """(epoch, batches trained in it): where Lightning's fit loop resumes from a checkpoint saved now."""
+        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         if not self.splits["train"]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 class EpochSampler(DistributedSampler):
@@ -47,14 +48,45 @@ class EpochSampler(DistributedSampler):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.group_keys = list(group_keys) if group_keys is not None else None
         self.batch_size = batch_size
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches already trained) after a mid-epoch resume
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         indices = list(super().__iter__())
         if self.group_keys is not None:
             rng = random.Random(f"{self.seed}/{self.epoch}") if self.shuffle else None
             indices = bucketed_order(indices, self.group_keys, self.batch_size, rng)
+        if self.resume_at is not None and self.resume_at[0] == self.epoch:
+            indices = indices[self.resume_at[1] * self.batch_size :]  # the rest of the interrupted epoch
+        self.resume_at = None
         for index in indices:
             yield self.epoch, index
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over an :class:`EpochSampler` whose position within the epoch is saved in checkpoints.
+
+    Lightning stores ``state_dict()`` in every checkpoint and calls ``load_state_dict`` on resume; the sampler then
+    skips the batches the interrupted run already trained on, so a resume in the middle of an epoch (a Slurm
+    preemption) continues with the sessions an uninterrupted run would have seen next.
+
+    Args:
+        *args: Passed to ``DataLoader``; ``sampler`` must be an :class:`EpochSampler`.
+        position: Returns ``(epoch, batches trained in that epoch)``, read from the trainer's progress.
+        **kwargs: Passed to ``DataLoader``.
+    """
+
+    def __init__(self, *args: Any, position: Callable[[], tuple[int, int]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, EpochSampler):
+            raise ValueError(f"ResumableDataLoader needs an EpochSampler, got {type(self.sampler).__name__}")
+        self.position = position
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self.position()
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at = (int(state["epoch"]), int(state["batches"]))
 
 
 def bucketed_order(
