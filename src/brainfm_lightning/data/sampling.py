@@ -70,15 +70,13 @@ class ResumableDataLoader(DataLoader):
     preemption) continues with the sessions an uninterrupted run would have seen next.
 
     Args:
-        *args: Passed to ``DataLoader``; ``sampler`` must be an :class:`EpochSampler`.
+        *args: Passed to ``DataLoader``; the position is restored when ``sampler`` is an :class:`EpochSampler`.
         position: Returns ``(epoch, batches trained in that epoch)``, read from the trainer's progress.
         **kwargs: Passed to ``DataLoader``.
     """
 
     def __init__(self, *args: Any, position: Callable[[], tuple[int, int]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, EpochSampler):
-            raise ValueError(f"ResumableDataLoader needs an EpochSampler, got {type(self.sampler).__name__}")
         self.position = position
 
     def state_dict(self) -> dict[str, int]:
@@ -86,7 +84,9 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": epoch, "batches": batches}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.resume_at = (int(state["epoch"]), int(state["batches"]))
+        # Lightning swaps in a plain sampler for overfit_batches; that sampler has no position to restore
+        if isinstance(self.sampler, EpochSampler):
+            self.sampler.resume_at = (int(state["epoch"]), int(state["batches"]))
 
 
 def bucketed_order(
