@@ -1,8 +1,8 @@
 """A pretraining checkpoint shared by the transfer tests."""
 
-import lightning as L
 import pytest
 import torch
+from trainers import cpu_trainer
 
 from brainfm_lightning.models import ModalityMAE
 from brainfm_lightning.modules import MAEPretrainModule
@@ -15,9 +15,7 @@ def pretrained(demo_manifest, tmp_path_factory):
     root = tmp_path_factory.mktemp("transfer_pretrain")
     torch.manual_seed(0)
     module = MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1)
-    run = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False,
-                    enable_model_summary=False, enable_checkpointing=False, default_root_dir=root,
-                    num_sanity_val_steps=0, limit_val_batches=0)
+    run = cpu_trainer(root, limit_val_batches=0)
     run.fit(module, datamodule=ManifestDataModule(str(demo_manifest), crop_size=32, batch_size=2, num_workers=0))
     path = root / "pretrained.ckpt"
     run.save_checkpoint(path)

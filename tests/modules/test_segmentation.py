@@ -3,10 +3,10 @@
 import csv
 import math
 
-import lightning as L
 import pytest
 import torch
 from conftest import CONFIGS
+from trainers import cpu_trainer as trainer
 
 from brainfm_lightning.cli import main
 from brainfm_lightning.evaluation import evaluate_modality_subsets
@@ -19,11 +19,6 @@ from data_modules import ManifestDataModule
 MODALITIES = ["T1", "T2", "PD", "FLAIR"]
 
 
-def trainer(tmp_path, **kwargs) -> L.Trainer:
-    options = dict(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False,
-                   enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                   num_sanity_val_steps=0)
-    return L.Trainer(**(options | kwargs))
 
 
 def datamodule(manifest, batch_size: int = 2) -> ManifestDataModule:
