@@ -30,7 +30,7 @@ test-slurm: install
 	$(PY) -m pytest -q -m slurm tests/slurm
 
 lint: install
-	$(VENV)/bin/ruff check src data_modules tests
+	$(VENV)/bin/ruff check src data_modules tests benchmarks scripts
 
 bench: install
 	$(PY) benchmarks/run.py

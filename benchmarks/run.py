@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -23,20 +24,32 @@ from brainfm_lightning.models import ModalityMAE
 WARMUP_STEPS = 3
 
 
-def forward_flops(net: ModalityMAE, modalities_per_session: list[int]) -> float:
-    """Analytic forward FLOPs (2 per multiply-add) of the linear layers and attention, valid tokens only."""
+def forward_flops(net: ModalityMAE, modalities_per_session: list[int], padded: bool = False) -> float:
+    """Analytic forward FLOPs (2 per multiply-add) of the linear layers and attention.
+
+    Pad-free: valid tokens only, the reconstruction head on the masked ones. Padded-dense: every session computes
+    the batch's most visible tokens in the encoder and every token of the padded batch in the decoder and head.
+    """
     cfg, tokens_per_modality = net.config, net.tokens_per_modality
     dim, dec_dim = cfg["embed_dim"], cfg["decoder_embed_dim"]
-    patch_voxels = net.patch_size[0] * net.patch_size[1] * net.patch_size[2]
+    patch_voxels = net.patch_voxels
+
+    def visible_count(modalities: int) -> int:
+        valid = torch.ones(1, modalities * tokens_per_modality, dtype=torch.bool)
+        return int(keep_counts(valid, net.mask_ratio)[0])
+
+    most = max(modalities_per_session)
     total = 0.0
     for count in modalities_per_session:
         valid = count * tokens_per_modality
-        visible = int(keep_counts(torch.ones(1, valid, dtype=torch.bool), net.mask_ratio)[0])
+        visible = visible_count(most) if padded else visible_count(count)
+        decoded = most * tokens_per_modality if padded else valid
+        predicted = decoded if padded else valid - visible_count(count)
         total += 2 * visible * patch_voxels * dim  # patch embedding of the visible tokens
         total += cfg["depth"] * (2 * 12 * visible * dim**2 + 4 * visible**2 * dim)  # encoder blocks
         total += 2 * visible * dim * dec_dim  # decoder embedding
-        total += cfg["decoder_depth"] * (2 * 12 * valid * dec_dim**2 + 4 * valid**2 * dec_dim)  # decoder blocks
-        total += 2 * valid * dec_dim * patch_voxels  # reconstruction head
+        total += cfg["decoder_depth"] * (2 * 12 * decoded * dec_dim**2 + 4 * decoded**2 * dec_dim)  # decoder blocks
+        total += 2 * predicted * dec_dim * patch_voxels  # reconstruction head
     return total
 
 
@@ -44,7 +57,7 @@ def train_step(net: ModalityMAE, optimizer: torch.optim.Optimizer, batch: tuple)
     images, embeddings, present = batch
     out = net(images, embeddings, present)
     z = out.visible_features()
-    loss = masked_mse_loss(out.pred, out.target, out.is_masked) + 0.1 * variance_loss(z) + 0.003 * covariance_loss(z)
+    loss = masked_mse_loss(out.pred_masked, out.target_masked) + 0.1 * variance_loss(z) + 0.003 * covariance_loss(z)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -54,12 +67,6 @@ def make_batch(net: ModalityMAE, modalities_per_session: list[int], most: int) -
     b = len(modalities_per_session)
     present = torch.arange(most)[None, :] < torch.tensor(modalities_per_session)[:, None]
     return torch.randn(b, most, *net.img_size), torch.randn(b, most, net.modality_dim), present
-
-
-def padded_flops(net: ModalityMAE, modalities_per_session: list[int]) -> float:
-    """FLOPs of the padded-dense path: every session computes as if it had the batch's most modalities."""
-    most = max(modalities_per_session)
-    return forward_flops(net, [most] * len(modalities_per_session))
 
 
 def compare_paths(preset: str, modalities_per_session: list[int], repeats: int) -> dict[str, float]:
@@ -83,7 +90,8 @@ def compare_paths(preset: str, modalities_per_session: list[int], repeats: int) 
     padded_ms, pad_free_ms = (1000 * statistics.median(times[n]) for n in ("padded", "pad_free"))
     return {
         "speedup": padded_ms / pad_free_ms,
-        "theory": padded_flops(pad_free, modalities_per_session) / forward_flops(pad_free, modalities_per_session),
+        "theory": forward_flops(pad_free, modalities_per_session, padded=True)
+        / forward_flops(pad_free, modalities_per_session),
         "valid_token_fraction": valid_fraction(modalities_per_session),
         "padded_ms": padded_ms,
         "pad_free_ms": pad_free_ms,
@@ -96,26 +104,41 @@ def valid_fraction(modalities_per_session: list[int]) -> float:
 
 
 PROBE = """
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {folder!r})
 from run import make_batch, train_step
 from brainfm_lightning.models import ModalityMAE
+
+def status_kb(key):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1])
+
 torch.manual_seed(0)
 net = ModalityMAE.from_preset({preset!r}, pad_free={pad_free!r})
 optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
 batch = make_batch(net, {sessions!r}, {most})
-rss_kb = int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
-train_step(net, optimizer, batch)
-train_step(net, optimizer, batch)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_kb) / 1024)
+for _ in range(2):  # warm-up: optimizer state, lazily loaded kernels and thread pools are not the step's
+    train_step(net, optimizer, batch)
+peaks = []
+for _ in range(3):
+    with open("/proc/self/clear_refs", "w") as f:  # "5" resets the peak RSS (VmHWM) to the current RSS
+        f.write("5")
+    before = status_kb("VmRSS")
+    train_step(net, optimizer, batch)
+    peaks.append(status_kb("VmHWM") - before)
+print(sorted(peaks)[1] / 1024)
 """
 
 
 def peak_memory_mb(preset: str, modalities_per_session: list[int], pad_free: bool) -> float:
-    """Peak RSS growth of a training step, measured in a fresh process so the two paths do not share a peak."""
+    """Peak RSS growth of one training step after warm-up (median of 3), in a fresh process per path.
+
+    glibc's mmap threshold is fixed so that large tensors go back to the system when freed; otherwise freed
+    activations stay in the heap and the next step's growth would read as zero.
+    """
     code = PROBE.format(folder=str(Path(__file__).parent), preset=preset, pad_free=pad_free,
                         sessions=modalities_per_session, most=max(modalities_per_session))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return float(result.stdout.strip().splitlines()[-1])
 
 
@@ -153,8 +176,9 @@ def main() -> None:
     results = {"preset": args.preset, "device": "cpu", "threads": torch.get_num_threads(), "repeats": args.repeats}
     results["train_step_speedup_mixed"] = compare_paths(args.preset, mixed, args.repeats)
     results["train_step_speedup_uniform"] = compare_paths(args.preset, uniform, args.repeats)
-    results["peak_rss_mb_mixed"] = {"pad_free": peak_memory_mb(args.preset, mixed, True),
-                                    "padded": peak_memory_mb(args.preset, mixed, False)}
+    for name, sessions in (("mixed", mixed), ("uniform", uniform)):
+        results[f"peak_rss_mb_{name}"] = {"pad_free": peak_memory_mb(args.preset, sessions, True),
+                                          "padded": peak_memory_mb(args.preset, sessions, False)}
     net = ModalityMAE.from_preset(args.preset)
     results["model_flops_per_session"] = {str(k): 3 * forward_flops(net, [k]) for k in range(1, 5)}  # fwd + bwd
     results["step_time_vs_modalities"] = step_time_vs_modalities(net, args.repeats, sessions=2)
@@ -165,8 +189,10 @@ def main() -> None:
         print(f"{key:28} {row['speedup']:5.2f}  (theory {row['theory']:.2f} at {row['valid_token_fraction']:.0%} "
               f"valid tokens; padded {row['padded_ms']:.0f} ms, pad-free {row['pad_free_ms']:.0f} ms; "
               f"target >= {target})")
-    memory = results["peak_rss_mb_mixed"]
-    print(f"{'peak RSS growth, mixed batch':28} pad-free {memory['pad_free']:.0f} MB, padded {memory['padded']:.0f} MB")
+    for name in ("mixed", "uniform"):
+        memory = results[f"peak_rss_mb_{name}"]
+        print(f"{'peak RSS of a step, ' + name:28} pad-free {memory['pad_free']:.0f} MB, "
+              f"padded {memory['padded']:.0f} MB ({memory['pad_free'] / memory['padded']:.2f}x)")
     print(f"{'modalities':>10} {'train GFLOP/session':>20} {'step ms':>9} {'measured x':>11} {'FLOP model x':>13}")
     for k, row in results["step_time_vs_modalities"].items():
         gflops = results["model_flops_per_session"][k] / 1e9

@@ -67,6 +67,8 @@ def test_masked_mse_matches_numpy_over_masked_valid_voxels():
     expected = np.mean([(pred[b, n] - target[b, n]) ** 2 for b, n in zip(*np.nonzero(is_masked))])
     got = masked_mse_loss(torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(is_masked))
     assert got.item() == pytest.approx(expected, rel=1e-6)
+    only_masked = masked_mse_loss(torch.from_numpy(pred[is_masked]), torch.from_numpy(target[is_masked]))
+    assert only_masked.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_masked_mse_norm_pix_normalises_each_target_patch():

@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 
 def masked_mse_loss(
-    pred: torch.Tensor, target: torch.Tensor, is_masked: torch.Tensor, norm_pix_loss: bool = False
+    pred: torch.Tensor, target: torch.Tensor, is_masked: torch.Tensor | None = None, norm_pix_loss: bool = False
 ) -> torch.Tensor:
     """``L_MAE``: mean squared error over the voxels of masked, valid patches only.
 
     Args:
-        pred: ``[B, N, P]`` reconstructed patches (not clamped).
-        target: ``[B, N, P]`` original patches.
-        is_masked: bool ``[B, N]``: masked and not padding.
+        pred: ``[B, N, P]`` reconstructed patches (not clamped), or ``[Q, P]`` of the masked patches only.
+        target: Original patches shaped like ``pred``.
+        is_masked: bool ``[B, N]``: masked and not padding; ``None`` when ``pred`` and ``target`` hold only the
+            masked patches already (``MAEOutput.pred_masked``/``target_masked``).
         norm_pix_loss: Normalise each target patch by its own mean and variance (MAE's ``norm_pix_loss``).
 
     Returns:
         Scalar; 0 when nothing is masked.
     """
     # only the masked patches enter the arithmetic: [B, N, P] -> [K, P], no work on visible or padded ones
-    pred, target = pred[is_masked].float(), target[is_masked].float()
+    if is_masked is not None:
+        pred, target = pred[is_masked], target[is_masked]
+    pred, target = pred.float(), target.float()
     if pred.shape[0] == 0:
         return pred.sum() * 0.0  # keeps the graph connected
     if norm_pix_loss:
         mean = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, keepdim=True)
         target = (target - mean) / (var + 1e-6) ** 0.5
-    return (pred - target).square().mean()  # every patch has P voxels: the mean over patches and voxels
+    return F.mse_loss(pred, target)  # every patch has P voxels: the mean over patches and voxels
 
 
 def variance_loss(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:

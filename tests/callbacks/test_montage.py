@@ -49,7 +49,7 @@ def test_panels_show_input_hidden_patches_and_prediction():
     assert np.array_equal(np.isnan(panels[:, 1]), hidden)  # the masked input is NaN exactly where hidden
     np.testing.assert_array_equal(panels[:, 1][~hidden], panels[:, 0][~hidden])
     np.testing.assert_array_equal(panels[:, 2][~hidden], panels[:, 0][~hidden])  # visible: the input
-    prediction = unpatchify(out.pred[:1], 3, net.grid, net.patch_size)[0, :, :, :, z].numpy()
+    prediction = unpatchify(out.pred[:1].detach(), 3, net.grid, net.patch_size)[0, :, :, :, z].numpy()
     np.testing.assert_allclose(panels[:, 2][hidden], prediction[hidden])  # hidden: the network's prediction
     names, panels = montage_panels(batch, out, net.grid, net.patch_size, session=1)
     assert names == ["PD"] and panels.shape == (1, 3, 32, 32)  # padded slots are not drawn

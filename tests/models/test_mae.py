@@ -19,7 +19,7 @@ def make_batch(net: ModalityMAE, present_rows, seed: int = 0):
 def total_loss(net, images, embeddings, present, seed=0):
     out = net(images, embeddings, present, generator=torch.Generator().manual_seed(seed))
     z = out.visible_features()
-    return masked_mse_loss(out.pred, out.target, out.is_masked) + 0.1 * variance_loss(z) + 0.003 * covariance_loss(z)
+    return masked_mse_loss(out.pred_masked, out.target_masked) + 0.1 * variance_loss(z) + 0.003 * covariance_loss(z)
 
 
 @pytest.mark.parametrize("preset", ["test", "small"])
@@ -42,8 +42,9 @@ def test_every_parameter_receives_a_gradient():
     assert missing == []
 
 
-def test_padded_slot_values_change_neither_loss_nor_gradients():
-    net = ModalityMAE.from_preset("test")
+@pytest.mark.parametrize("pad_free", [True, False])
+def test_padded_slot_values_change_neither_loss_nor_gradients(pad_free):
+    net = ModalityMAE.from_preset("test", pad_free=pad_free)
     images, embeddings, present = make_batch(net, [[1, 1, 0], [1, 0, 0]])
     results = []
     for fill in (0.0, 1e3, float("nan")):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from brainfm_lightning.losses import covariance_loss, masked_mse_loss, variance_loss
-from brainfm_lightning.models import ModalityMAE
+from brainfm_lightning.models import ModalityMAE, patchify
 from brainfm_lightning.models.packing import Packing
 
 
@@ -23,7 +23,7 @@ def run(net, batch, seed):
     images, embeddings, present = batch
     out = net(images, embeddings, present, generator=torch.Generator().manual_seed(seed))
     z = out.visible_features()
-    loss = masked_mse_loss(out.pred, out.target, out.is_masked) + 0.1 * variance_loss(z) + 0.003 * covariance_loss(z)
+    loss = masked_mse_loss(out.pred_masked, out.target_masked) + 0.1 * variance_loss(z) + 0.003 * covariance_loss(z)
     net.zero_grad()
     loss.backward()
     return out, loss.detach(), {name: p.grad.clone() for name, p in net.named_parameters()}
@@ -50,6 +50,12 @@ def test_pad_free_equals_padded_outputs_and_gradients(present_rows):
     assert torch.allclose(loss_a, loss_b, atol=1e-6, rtol=1e-5)
     for name, grad in grads_a.items():
         assert torch.allclose(grad, grads_b[name], atol=1e-5, rtol=1e-3), name
+    expected_target = patchify(batch[0].masked_fill(~present[:, :, None, None, None], 0.0), pad_free.patch_size)
+    for out in (out_a, out_b):  # the masked-only reconstruction is the full one at the masked patches
+        assert torch.allclose(out.pred_masked, out.pred[out.is_masked], atol=1e-6)
+        assert torch.equal(out.target_masked, expected_target[out.is_masked])
+        assert torch.equal(out.target, expected_target)
+        assert not out.pred[~valid].any()
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

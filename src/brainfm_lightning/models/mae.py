@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from brainfm_lightning.masking import padding_aware_mask, visible_index
-from brainfm_lightning.models.patch_embed import PatchEmbed3d, patchify, to_3tuple
+from brainfm_lightning.models.patch_embed import PatchEmbed3d, patch_view, patchify, to_3tuple
 from brainfm_lightning.models.pos_embed import sincos_3d
 from brainfm_lightning.models.presets import preset_config
 from brainfm_lightning.models.transformer import ConditionedTransformer
@@ -18,19 +18,38 @@ from brainfm_lightning.models.transformer import ConditionedTransformer
 
 @dataclass
 class MAEOutput:
-    """What the losses need from one forward pass (``N = M * L`` tokens, ``K`` = most visible tokens)."""
+    """What the losses need from one forward pass (``N = M * L`` tokens, ``K`` = most visible tokens).
 
-    pred: torch.Tensor  # [B, N, P] reconstruction of every patch, P voxels per patch
-    target: torch.Tensor  # [B, N, P] the input's patches (padded slots zeroed)
+    Only the masked patches are reconstructed in the forward pass (the loss needs no others); :attr:`pred` and
+    :attr:`target` rebuild the full ``[B, N, P]`` tensors on demand, for pictures and tests.
+    """
+
+    pred_masked: torch.Tensor  # [Q, P] reconstruction of the masked valid patches, in ``is_masked`` order
+    target_masked: torch.Tensor  # [Q, P] their input patches
     keep: torch.Tensor  # bool [B, N] visible to the encoder
     valid: torch.Tensor  # bool [B, N] not padding
     features: torch.Tensor  # [B, K, D] encoder output for the visible tokens
     features_valid: torch.Tensor  # bool [B, K] False for the filler slots of rows with fewer visible tokens
+    decoded: torch.Tensor  # [B, N, Dd] decoder output of every token (padded positions: nothing depends on them)
+    patches: torch.Tensor  # [R, P] the input's patches of the computed modality slots
+    patch_row: torch.Tensor  # long [B, N] row of ``patches`` of each token, -1 at padded positions
+    head: nn.Module  # decoder features -> patch voxels
 
     @property
     def is_masked(self) -> torch.Tensor:
         """bool [B, N]: hidden from the encoder and not padding; the reconstruction loss covers these."""
         return self.valid & ~self.keep
+
+    @property
+    def pred(self) -> torch.Tensor:
+        """``[B, N, P]`` reconstruction of every patch, zero at padded positions."""
+        return self.head(self.decoded).masked_fill(~self.valid[..., None], 0.0)
+
+    @property
+    def target(self) -> torch.Tensor:
+        """``[B, N, P]`` the input's patches, zero at padded positions."""
+        rows = self.patches[self.patch_row.clamp_min(0)]
+        return rows.masked_fill(~self.valid[..., None], 0.0)
 
     def visible_features(self) -> torch.Tensor:
         """``[N_visible, D]``: encoder features of all valid visible tokens of the batch (VICReg's ``z``)."""
@@ -96,7 +115,7 @@ class ModalityMAE(nn.Module):
         self.tokens_per_modality = self.grid[0] * self.grid[1] * self.grid[2]
         self.modality_dim = cfg["modality_dim"]
         dim, dec_dim = cfg["embed_dim"], cfg["decoder_embed_dim"]
-        patch_voxels = self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
+        self.patch_voxels = patch_voxels = self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
 
         self.patch_embed = PatchEmbed3d(self.patch_size, dim)
         self.modality_proj = nn.Linear(self.modality_dim, dim)
@@ -155,8 +174,14 @@ class ModalityMAE(nn.Module):
 
     def _prepare(
         self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Check shapes; return patches ``[B, N, P]``, validity ``[B, N]``, slot ``[B, N]``, cleaned embeddings."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Check shapes and cut patches.
+
+        Returns:
+            ``patches`` ``[R, P]``, ``patch_row`` long ``[B, N]`` (row of ``patches`` per token, -1 at padding),
+            ``valid`` bool ``[B, N]``, ``slot`` long ``[B, N]``, and the embeddings with padded slots zeroed.
+            Pad-free, ``patches`` holds the present slots only; padded, every slot (padded ones zeroed).
+        """
         b, m = present.shape
         if images.shape[:2] != (b, m) or tuple(images.shape[2:]) != self.img_size:
             raise ValueError(f"images must be [B, M, *{self.img_size}] with [B, M] = {(b, m)}, "
@@ -165,21 +190,45 @@ class ModalityMAE(nn.Module):
             raise ValueError(f"modality_embeddings must be {(b, m, self.modality_dim)}, "
                              f"got {tuple(modality_embeddings.shape)}")
         # padded slots may hold anything, NaN included: zero them so nothing leaks through 0 * NaN
-        images = images.masked_fill(~present[:, :, None, None, None], 0.0)
         modality_embeddings = modality_embeddings.masked_fill(~present[..., None], 0.0)
-        slot = torch.arange(m, device=images.device).repeat_interleave(self.tokens_per_modality)
-        slot = slot[None].expand(b, -1)  # [B, N]
-        return patchify(images, self.patch_size), present.gather(1, slot), slot, modality_embeddings
+        length = self.tokens_per_modality
+        if self.config["pad_free"]:  # patchify the present slots only: no copy of padded volumes
+            patches = patch_view(images, self.patch_size)[present].reshape(-1, self.patch_voxels)  # [S * L, P]
+            # images[present] keeps row-major (session, slot) order: a present slot's row is its rank among them
+            slot_row = (present.flatten().long().cumsum(0) - 1).reshape(b, m).masked_fill(~present, -1)
+        else:
+            images = images.masked_fill(~present[:, :, None, None, None], 0.0)
+            patches = patchify(images, self.patch_size).reshape(b * m * length, self.patch_voxels)
+            slot_row = torch.arange(b * m, device=images.device).reshape(b, m)
+        slot = torch.arange(m, device=images.device).repeat_interleave(length)[None].expand(b, -1)  # [B, N]
+        position = torch.arange(length, device=images.device).repeat(m)[None]  # [1, N]
+        row_of_slot = slot_row.gather(1, slot)
+        patch_row = (row_of_slot * length + position).masked_fill(row_of_slot < 0, -1)
+        return patches, patch_row, present.gather(1, slot), slot, modality_embeddings
 
     def _tokens(
-        self, patches: torch.Tensor, slot: torch.Tensor, modality_embeddings: torch.Tensor, index: torch.Tensor
+        self, patches: torch.Tensor, patch_row: torch.Tensor, slot: torch.Tensor, modality_embeddings: torch.Tensor,
+        index: torch.Tensor, index_valid: torch.Tensor,
     ) -> torch.Tensor:
-        """Embed only the patches at ``index`` [B, K] (the visible ones): ``[B, K, D]``."""
-        patches = patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))
+        """Embed the tokens at ``index`` [B, K] (the visible ones): ``[B, K, D]``.
+
+        Pad-free, only the positions marked in ``index_valid`` [B, K] are computed and the fillers of shorter rows
+        are zero; padded, every position is (fillers hold the embedding of some other token, masked later).
+        """
         width = self.pos_embed.shape[-1]
-        position = index % self.tokens_per_modality  # grid position, shared by all modalities
         per_slot = self.modality_proj(modality_embeddings)  # [B, M, D]
-        return (self.patch_embed.proj(patches) + self.pos_embed[0][position]
+        if self.config["pad_free"] and not bool(index_valid.all()):
+            flat_index = index[index_valid]  # [T]
+            sessions = torch.nonzero(index_valid)[:, 0]
+            rows = patch_row[sessions, flat_index]
+            embedded = (self.patch_embed.proj(patches[rows]) + self.pos_embed[0][flat_index % self.tokens_per_modality]
+                        + per_slot[sessions, slot[sessions, flat_index]])
+            out = embedded.new_zeros(*index.shape, width)
+            out[index_valid] = embedded
+            return out
+        rows = patch_row.gather(1, index).clamp_min(0)  # fillers of short rows may point at padding: any row does
+        position = index % self.tokens_per_modality  # grid position, shared by all modalities
+        return (self.patch_embed.proj(patches[rows]) + self.pos_embed[0][position]
                 + per_slot.gather(1, slot.gather(1, index)[..., None].expand(-1, -1, width)))
 
     def forward(
@@ -189,7 +238,7 @@ class ModalityMAE(nn.Module):
         present: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> MAEOutput:
-        """Mask, encode the visible tokens, and reconstruct every patch.
+        """Mask, encode the visible tokens, decode every token and reconstruct the masked patches.
 
         Args:
             images: float ``[B, M, D, H, W]``; slots with ``present`` False hold anything.
@@ -200,14 +249,20 @@ class ModalityMAE(nn.Module):
         Returns:
             :class:`MAEOutput`.
         """
-        patches, valid, slot, modality_embeddings = self._prepare(images, modality_embeddings, present)
+        patches, patch_row, valid, slot, modality_embeddings = self._prepare(images, modality_embeddings, present)
         keep = padding_aware_mask(valid, self.mask_ratio, generator=generator)
         index, features_valid = visible_index(keep)  # [B, K]
-        visible = self._tokens(patches, slot, modality_embeddings, index)
+        visible = self._tokens(patches, patch_row, slot, modality_embeddings, index, features_valid)
         features = self.encoder(visible, features_valid, modality_embeddings, slot.gather(1, index))
-        pred = self.forward_decoder(features, index, keep, valid, slot, modality_embeddings)
-        return MAEOutput(pred=pred, target=patches, keep=keep, valid=valid, features=features,
-                         features_valid=features_valid)
+        decoded = self.forward_decoder(features, index, keep, valid, slot, modality_embeddings)
+        is_masked = valid & ~keep
+        if self.config["pad_free"]:  # reconstruct only what the loss reads
+            pred_masked = self.decoder_pred(decoded[is_masked])
+        else:  # dense: every patch of the padded batch, as MAE does
+            pred_masked = self.decoder_pred(decoded)[is_masked]
+        return MAEOutput(pred_masked=pred_masked, target_masked=patches[patch_row[is_masked]],
+                         keep=keep, valid=valid, features=features, features_valid=features_valid, decoded=decoded,
+                         patches=patches, patch_row=patch_row, head=self.decoder_pred)
 
     def forward_decoder(
         self,
@@ -218,7 +273,10 @@ class ModalityMAE(nn.Module):
         slot: torch.Tensor,
         modality_embeddings: torch.Tensor,
     ) -> torch.Tensor:
-        """Put visible features back at their positions, fill the rest with mask tokens, decode: ``[B, N, P]``."""
+        """Put visible features back at their positions, fill the rest with mask tokens, decode: ``[B, N, Dd]``.
+
+        ``decoder_pred`` maps the result to patch voxels; the forward pass applies it to the masked tokens only.
+        """
         b, n = keep.shape
         x = self.decoder_embed(features)  # [B, K, Dd]
         dec_dim = x.shape[-1]
@@ -228,7 +286,7 @@ class ModalityMAE(nn.Module):
         m = modality_embeddings.shape[1]
         x = x + self.decoder_pos_embed.repeat(1, m, 1)
         x = x + self.decoder_modality_proj(modality_embeddings).gather(1, slot[..., None].expand(-1, -1, dec_dim))
-        return self.decoder(x, valid, modality_embeddings, slot, head=self.decoder_pred)
+        return self.decoder(x, valid, modality_embeddings, slot)
 
     def encode(
         self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
@@ -238,7 +296,7 @@ class ModalityMAE(nn.Module):
         Returns:
             ``tokens`` ``[B, M * L, D]`` and ``valid`` bool ``[B, M * L]`` (False for padded slots).
         """
-        patches, valid, slot, modality_embeddings = self._prepare(images, modality_embeddings, present)
+        patches, patch_row, valid, slot, modality_embeddings = self._prepare(images, modality_embeddings, present)
         every = torch.arange(valid.shape[1], device=valid.device)[None].expand(valid.shape[0], -1)
-        tokens = self._tokens(patches, slot, modality_embeddings, every)
+        tokens = self._tokens(patches, patch_row, slot, modality_embeddings, every, valid)
         return self.encoder(tokens, valid, modality_embeddings, slot), valid

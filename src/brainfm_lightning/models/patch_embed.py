@@ -16,6 +16,16 @@ def to_3tuple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
+def patch_view(images: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
+    """View ``[B, M, D, H, W]`` as ``[B, M, gd, gh, gw, pd, ph, pw]`` patches, without copying.
+
+    Indexing the view copies only the selected entries in one pass, e.g. ``patch_view(x, p)[present]``.
+    """
+    b, m, d, h, w = images.shape
+    pd, ph, pw = patch_size
+    return images.reshape(b, m, d // pd, pd, h // ph, ph, w // pw, pw).permute(0, 1, 2, 4, 6, 3, 5, 7)
+
+
 def patchify(images: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
     """Cut volumes into non-overlapping patches.
 

@@ -78,7 +78,7 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
     def compute_losses(self, out: MAEOutput) -> dict[str, torch.Tensor]:
         z = out.visible_features()
         terms = {
-            "loss_mae": masked_mse_loss(out.pred, out.target, out.is_masked, self.hparams.norm_pix_loss),
+            "loss_mae": masked_mse_loss(out.pred_masked, out.target_masked, norm_pix_loss=self.hparams.norm_pix_loss),
             "loss_var": variance_loss(z, eps=self.hparams.var_eps),
             "loss_cov": covariance_loss(z),
         }
