@@ -24,15 +24,18 @@ from brainfm_lightning.models import ModalityMAE
 WARMUP_STEPS = 3
 
 
-def forward_flops(net: ModalityMAE, modalities_per_session: list[int], padded: bool = False) -> float:
-    """Analytic forward FLOPs (2 per multiply-add) of the linear layers and attention.
+def forward_flops(net: ModalityMAE, modalities_per_session: list[int], padded: bool = False,
+                  attention: bool = True) -> float:
+    """Analytic forward FLOPs (2 per multiply-add) of the linear layers and, optionally, attention.
 
     Pad-free: valid tokens only, the reconstruction head on the masked ones. Padded-dense: every session computes
     the batch's most visible tokens in the encoder and every token of the padded batch in the decoder and head.
+    Per-slot terms (modality projections, the scale/shift of every Conditional LayerNorm) count every slot.
     """
     cfg, tokens_per_modality = net.config, net.tokens_per_modality
-    dim, dec_dim = cfg["embed_dim"], cfg["decoder_embed_dim"]
-    patch_voxels = net.patch_voxels
+    dim, dec_dim, cond = cfg["embed_dim"], cfg["decoder_embed_dim"], net.modality_dim
+    depth, dec_depth = cfg["depth"], cfg["decoder_depth"]
+    hidden, dec_hidden = int(dim * cfg["mlp_ratio"]), int(dec_dim * cfg["mlp_ratio"])
 
     def visible_count(modalities: int) -> int:
         valid = torch.ones(1, modalities * tokens_per_modality, dtype=torch.bool)
@@ -45,48 +48,73 @@ def forward_flops(net: ModalityMAE, modalities_per_session: list[int], padded: b
         visible = visible_count(most) if padded else visible_count(count)
         decoded = most * tokens_per_modality if padded else valid
         predicted = decoded if padded else valid - visible_count(count)
-        total += 2 * visible * patch_voxels * dim  # patch embedding of the visible tokens
-        total += cfg["depth"] * (2 * 12 * visible * dim**2 + 4 * visible**2 * dim)  # encoder blocks
-        total += 2 * visible * dim * dec_dim  # decoder embedding
-        total += cfg["decoder_depth"] * (2 * 12 * decoded * dec_dim**2 + 4 * decoded**2 * dec_dim)  # decoder blocks
-        total += 2 * predicted * dec_dim * patch_voxels  # reconstruction head
+        total += 2 * visible * net.patch_voxels * dim  # patch embedding of the visible tokens
+        total += 2 * most * cond * (dim + dec_dim)  # modality projections, per slot
+        total += 2 * most * cond * 2 * ((2 * depth + 1) * dim + (2 * dec_depth + 1) * dec_dim)  # CLN gamma/beta
+        total += depth * 2 * visible * (4 * dim**2 + 2 * dim * hidden)  # encoder qkv, proj, MLP
+        total += 2 * visible_count(most) * dim * dec_dim  # decoder embedding of the padded [B, K, D] features
+        total += dec_depth * 2 * decoded * (4 * dec_dim**2 + 2 * dec_dim * dec_hidden)  # decoder blocks
+        total += 2 * predicted * dec_dim * net.patch_voxels  # reconstruction head
+        if attention:  # q @ k and attention @ v
+            total += depth * 4 * visible**2 * dim + dec_depth * 4 * decoded**2 * dec_dim
     return total
 
 
-def train_step(net: ModalityMAE, optimizer: torch.optim.Optimizer, batch: tuple) -> None:
+def train_step(net: ModalityMAE, optimizer: torch.optim.Optimizer, batch: tuple,
+               autocast: torch.dtype | None = None) -> None:
     images, embeddings, present = batch
-    out = net(images, embeddings, present)
-    z = out.visible_features()
-    loss = masked_mse_loss(out.pred_masked, out.target_masked) + 0.1 * variance_loss(z) + 0.003 * covariance_loss(z)
+    with torch.autocast(images.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        out = net(images, embeddings, present)
+        z = out.visible_features()
+        loss = (masked_mse_loss(out.pred_masked, out.target_masked) + 0.1 * variance_loss(z)
+                + 0.003 * covariance_loss(z))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 
 
-def make_batch(net: ModalityMAE, modalities_per_session: list[int], most: int) -> tuple:
+def make_batch(net: ModalityMAE, modalities_per_session: list[int], most: int, device: str = "cpu") -> tuple:
     b = len(modalities_per_session)
     present = torch.arange(most)[None, :] < torch.tensor(modalities_per_session)[:, None]
-    return torch.randn(b, most, *net.img_size), torch.randn(b, most, net.modality_dim), present
+    batch = torch.randn(b, most, *net.img_size), torch.randn(b, most, net.modality_dim), present
+    return tuple(x.to(device) for x in batch)
 
 
-def compare_paths(preset: str, modalities_per_session: list[int], repeats: int) -> dict[str, float]:
+def timed_step(net: ModalityMAE, optimizer: torch.optim.Optimizer, batch: tuple,
+               autocast: torch.dtype | None = None) -> float:
+    """Seconds of one training step, waiting for the device to finish."""
+    device = batch[0].device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    train_step(net, optimizer, batch, autocast)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def compare_paths(preset: str, modalities_per_session: list[int], repeats: int, device: str = "cpu",
+                  autocast: torch.dtype | None = None, compile_blocks: bool = False,
+                  **net_options: object) -> dict[str, float]:
     """Pad-free vs padded-dense training step on the same weights and batch, alternating, warm-up excluded."""
     torch.manual_seed(0)
-    pad_free = ModalityMAE.from_preset(preset, pad_free=True)
-    padded = ModalityMAE.from_preset(preset, pad_free=False)
+    pad_free = ModalityMAE.from_preset(preset, pad_free=True, **net_options).to(device)
+    padded = ModalityMAE.from_preset(preset, pad_free=False, **net_options).to(device)
     padded.load_state_dict(pad_free.state_dict())
-    batch = make_batch(pad_free, modalities_per_session, max(modalities_per_session))
+    if compile_blocks:
+        for net in (pad_free, padded):
+            net.encoder.compile_blocks()
+            net.decoder.compile_blocks()
+    batch = make_batch(pad_free, modalities_per_session, max(modalities_per_session), device)
     nets = {"pad_free": pad_free, "padded": padded}
     optimizers = {name: torch.optim.AdamW(net.parameters(), lr=1e-4) for name, net in nets.items()}
     times: dict[str, list[float]] = {name: [] for name in nets}
     for _ in range(WARMUP_STEPS):  # the first steps pay for allocating (page-faulting) the activations
         for name, net in nets.items():
-            train_step(net, optimizers[name], batch)
+            train_step(net, optimizers[name], batch, autocast)
     for _ in range(repeats):
         for name, net in nets.items():
-            start = time.perf_counter()
-            train_step(net, optimizers[name], batch)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed_step(net, optimizers[name], batch, autocast))
     padded_ms, pad_free_ms = (1000 * statistics.median(times[n]) for n in ("padded", "pad_free"))
     return {
         "speedup": padded_ms / pad_free_ms,
@@ -95,6 +123,7 @@ def compare_paths(preset: str, modalities_per_session: list[int], repeats: int) 
         "valid_token_fraction": valid_fraction(modalities_per_session),
         "padded_ms": padded_ms,
         "pad_free_ms": pad_free_ms,
+        "train_flops_pad_free": 3 * forward_flops(pad_free, modalities_per_session),  # forward + backward
     }
 
 

@@ -144,3 +144,22 @@ def test_skipped_bad_scans_are_counted_in_the_logs(demo_manifest, tmp_path):
     run.fit(module, datamodule=data)
     assert run.callback_metrics["data/skipped_scans"].item() == len(data.splits["train"])
     assert run.callback_metrics["data/skipped_sessions"].item() == 0
+
+
+def test_compile_option_compiles_the_blocks_once_before_training(demo_manifest, tmp_path, monkeypatch):
+    from brainfm_lightning.models.transformer import ConditionedTransformer
+
+    calls = []
+    original = ConditionedTransformer.compile_blocks
+
+    def eager_compile(self, **options):  # the inductor backend takes minutes on 2 CPU cores
+        calls.append(options)
+        original(self, **options, backend="eager")
+
+    monkeypatch.setattr(ConditionedTransformer, "compile_blocks", eager_compile)
+    module = MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1, compile="reduce-overhead")
+    run = trainer(tmp_path, max_steps=1, limit_val_batches=1)
+    run.fit(module, datamodule=datamodule(demo_manifest))
+    run.validate(module, datamodule=datamodule(demo_manifest))
+    assert calls == [{"mode": "reduce-overhead"}] * 2  # encoder and decoder, not again for validate
+    assert all(block._compiled_call_impl is not None for block in module.net.encoder.blocks)

@@ -49,10 +49,10 @@ class ConditionalLayerNorm(nn.Module):
         Returns:
             Tensor shaped like ``x``.
         """
-        gamma, beta = self.to_scale_shift(cond).chunk(2, dim=-1)
+        scale_shift = self.to_scale_shift(cond)  # gathered once per token for gamma and beta together
         if cond_index is not None and cond_index.dim() == 1:  # packed tokens [T]: flat rows of [B * M]
-            gamma, beta = gamma.reshape(-1, self.dim)[cond_index], beta.reshape(-1, self.dim)[cond_index]
+            scale_shift = scale_shift.reshape(-1, 2 * self.dim)[cond_index]
         elif cond_index is not None:
-            index = cond_index.unsqueeze(-1).expand(-1, -1, self.dim)  # [B, N, dim]
-            gamma, beta = gamma.gather(1, index), beta.gather(1, index)
-        return F.layer_norm(x, (self.dim,), eps=self.eps) * gamma + beta
+            scale_shift = scale_shift.gather(1, cond_index.unsqueeze(-1).expand(-1, -1, 2 * self.dim))  # [B, N, 2d]
+        gamma, beta = scale_shift.chunk(2, dim=-1)
+        return torch.addcmul(beta, F.layer_norm(x, (self.dim,), eps=self.eps), gamma)

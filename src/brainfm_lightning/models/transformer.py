@@ -35,12 +35,17 @@ class Attention(nn.Module):
         qkv = self.qkv(x)
         if groups is None:
             return self.proj(self._attend(qkv, key_valid))
+        return self.proj(self._attend_groups(qkv, groups))
+
+    @torch.compiler.disable  # the group sizes change every batch: compiled code would be specialised to each
+    def _attend_groups(self, qkv: torch.Tensor, groups: list[tuple[int, int]]) -> torch.Tensor:
+        """Packed qkv [T, 3C] -> [T, C], attention within each session of each equal-length group."""
         outputs, start = [], 0
         for sessions, length in groups:  # every token of a group is valid: no mask, no padding
             chunk = qkv[start : start + sessions * length].reshape(sessions, length, -1)
             outputs.append(self._attend(chunk, None).reshape(sessions * length, -1))
             start += sessions * length
-        return self.proj(torch.cat(outputs))
+        return torch.cat(outputs)
 
 
 class Mlp(nn.Module):
@@ -125,6 +130,17 @@ class ConditionedTransformer(nn.Module):
         slots = cond_index + torch.arange(x.shape[0], device=x.device)[:, None] * cond.shape[1]  # flat [B * M] rows
         packed = self._run(packing.pack(x), cond, packing.pack(slots), groups=packing.groups)
         return packing.unpack(head(packed))
+
+    def compile_blocks(self, **options: object) -> None:
+        """``torch.compile`` every block in place (state-dict keys unchanged), with dynamic token counts.
+
+        Packed attention stays eager (its group sizes vary per batch); norms, projections, MLP and residuals fuse.
+
+        Args:
+            options: Passed to ``nn.Module.compile`` (e.g. ``mode``, ``backend``).
+        """
+        for block in self.blocks:
+            block.compile(**({"dynamic": True} | options))
 
     def _run(self, x: torch.Tensor, cond: torch.Tensor, cond_index: torch.Tensor,
              key_valid: torch.Tensor | None = None, groups: list[tuple[int, int]] | None = None) -> torch.Tensor:

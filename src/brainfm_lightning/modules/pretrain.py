@@ -35,6 +35,9 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
         descriptions: Extra modality name -> text to embed.
         aliases: Extra alias -> canonical modality name.
         nonfinite_loss: ``error`` stops at a non-finite loss naming the step and sessions; ``skip`` skips the step.
+        compile: ``torch.compile`` the transformer blocks when the Trainer sets the model up (GPU runs; the first
+            steps pay for compilation). A mode string (``default``, ``reduce-overhead``, ``max-autotune``) picks
+            the mode; the packed attention stays eager.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
         descriptions: Mapping[str, str] | None = None,
         aliases: Mapping[str, str] | None = None,
         nonfinite_loss: Literal["error", "skip"] = "error",
+        compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = False,
     ) -> None:
         super().__init__()
         if lambda_var < 0 or lambda_cov < 0:
@@ -68,6 +72,7 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
         self.text_encoder, self.modality_table_path = text_encoder, modality_table
         self.descriptions, self.aliases = descriptions, aliases
         self.regularizer_scale = 1.0  # VICRegWarmup ramps this from 0 to 1
+        self.compile_mode = compile
         self._init_modality_table()
         self._step_started = time.perf_counter()
 
@@ -156,6 +161,14 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
         weights = valid.to(tokens.dtype)[..., None]
         pooled = (tokens * weights).sum(1) / weights.sum(1)
         return {"session_ids": batch["session_ids"], "modalities": batch["modalities"], "embedding": pooled}
+
+    def configure_model(self) -> None:
+        """Compile the transformer blocks once, if asked (Lightning calls this before every stage)."""
+        if self.compile_mode and not getattr(self, "_blocks_compiled", False):
+            options = {} if self.compile_mode is True else {"mode": self.compile_mode}
+            self.net.encoder.compile_blocks(**options)
+            self.net.decoder.compile_blocks(**options)
+            self._blocks_compiled = True
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(parameter_groups(self.net, self.hparams.weight_decay))
