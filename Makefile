@@ -36,8 +36,8 @@ bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/loader.py --out loader-results.json
 
-# BrainFM (pretrained, from scratch) vs a fixed-channel U-Net on the SYNTHETIC demo data, with all modalities and
-# each one missing: writes compare/results.md and .csv (~12 min on 2 CPU cores; e.g. COMPARE_ARGS="--steps 200").
+# BrainFM (pretrained, from scratch) vs a fixed-channel U-Net on a SYNTHETIC 4 mm demo set, with all modalities and
+# each one missing: writes compare/results.md and .csv (~20 min on 2 CPU cores; e.g. COMPARE_ARGS="--steps 600").
 compare: install
 	$(PY) scripts/compare.py $(COMPARE_ARGS)
 

@@ -194,7 +194,7 @@ class ModalityMAE(nn.Module):
         length = self.tokens_per_modality
         if self.config["pad_free"]:  # patchify the present slots only: no copy of padded volumes
             patches = patch_view(images, self.patch_size)[present].reshape(-1, self.patch_voxels)  # [S * L, P]
-            # images[present] keeps row-major (session, slot) order: a present slot's row is its rank among them
+            # indexing by present keeps row-major (session, slot) order: a present slot's row is its rank among them
             slot_row = (present.flatten().long().cumsum(0) - 1).reshape(b, m).masked_fill(~present, -1)
         else:
             images = images.masked_fill(~present[:, :, None, None, None], 0.0)
