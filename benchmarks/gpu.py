@@ -38,7 +38,7 @@ def peak_memory_gib(preset: str, sessions: list[int], pad_free: bool, device: st
     if not device.startswith("cuda"):
         return None
     net = ModalityMAE.from_preset(preset, pad_free=pad_free, **net_options).to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
     batch = make_batch(net, sessions, max(sessions), device)
     train_step(net, optimizer, batch, autocast)  # warm-up: optimizer state
     torch.cuda.synchronize()
