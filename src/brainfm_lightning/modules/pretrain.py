@@ -73,6 +73,7 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
         self.descriptions, self.aliases = descriptions, aliases
         self.regularizer_scale = 1.0  # VICRegWarmup ramps this from 0 to 1
         self.compile_mode = compile
+        self._blocks_compiled = False
         self._init_modality_table()
         self._step_started = time.perf_counter()
 
@@ -164,7 +165,7 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
 
     def configure_model(self) -> None:
         """Compile the transformer blocks once, if asked (Lightning calls this before every stage)."""
-        if self.compile_mode and not getattr(self, "_blocks_compiled", False):
+        if self.compile_mode and not self._blocks_compiled:
             options = {} if self.compile_mode is True else {"mode": self.compile_mode}
             self.net.encoder.compile_blocks(**options)
             self.net.decoder.compile_blocks(**options)
