@@ -43,17 +43,18 @@ def forward_flops(net: ModalityMAE, modalities_per_session: list[int], padded: b
         return int(keep_counts(valid, net.mask_ratio)[0])
 
     most = max(modalities_per_session)
+    most_visible = visible_count(most)  # K: the encoder's padded width, and the decoder embedding's in both paths
     total = 0.0
     for count in modalities_per_session:
-        valid = count * tokens_per_modality
-        visible = visible_count(most) if padded else visible_count(count)
+        valid, own_visible = count * tokens_per_modality, visible_count(count)
+        visible = most_visible if padded else own_visible
         decoded = most * tokens_per_modality if padded else valid
-        predicted = decoded if padded else valid - visible_count(count)
+        predicted = decoded if padded else valid - own_visible
         total += 2 * visible * net.patch_voxels * dim  # patch embedding of the visible tokens
         total += 2 * most * cond * (dim + dec_dim)  # modality projections, per slot
         total += 2 * most * cond * 2 * ((2 * depth + 1) * dim + (2 * dec_depth + 1) * dec_dim)  # CLN gamma/beta
         total += depth * 2 * visible * (4 * dim**2 + 2 * dim * hidden)  # encoder qkv, proj, MLP
-        total += 2 * visible_count(most) * dim * dec_dim  # decoder embedding of the padded [B, K, D] features
+        total += 2 * most_visible * dim * dec_dim  # decoder embedding of the padded [B, K, D] features
         total += dec_depth * 2 * decoded * (4 * dec_dim**2 + 2 * dec_dim * dec_hidden)  # decoder blocks
         total += 2 * predicted * dec_dim * net.patch_voxels  # reconstruction head
         if attention:  # q @ k and attention @ v
@@ -186,9 +187,7 @@ def step_time_vs_modalities(net: ModalityMAE, repeats: int, sessions: int) -> di
     times: dict[int, list[float]] = {k: [] for k in batches}
     for _ in range(repeats):
         for k, batch in batches.items():  # alternate the cases so drifts hit all of them alike
-            start = time.perf_counter()
-            train_step(net, optimizer, batch)
-            times[k].append(time.perf_counter() - start)
+            times[k].append(timed_step(net, optimizer, batch))
     base_flops = forward_flops(net, [1] * sessions)
     return {
         str(k): {

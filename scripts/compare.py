@@ -50,6 +50,11 @@ def brainfm(args: list[str], log: Path, timings: dict[str, float], stage: str) -
         sys.exit(f"compare: stage {stage!r} failed with exit status {code}")
 
 
+def config_args(configs: list[str]) -> list[str]:
+    """``--config`` options for config files named relative to ``configs/``, composed left to right."""
+    return [item for config in configs for item in ("--config", str(CONFIGS / config))]
+
+
 def last_checkpoint(folder: Path) -> Path:
     found = sorted(folder.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
@@ -81,7 +86,8 @@ def nanmean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
-def write_results(results: dict[str, dict[str, list[dict[str, float]]]], out: Path, header: str) -> str:
+def write_results(results: dict[str, dict[str, list[dict[str, float]]]], out: Path, header: str,
+                  footer: str = "") -> str:
     """``results.csv`` (model, condition, n_cases, dice, hd95) and the Table-1-style ``results.md``; returns it."""
     names = list(next(iter(results.values())))
     long_rows = [{"model": model, "condition": cond, "n_cases": len(cases),
@@ -99,7 +105,7 @@ def write_results(results: dict[str, dict[str, list[dict[str, float]]]], out: Pa
     for model in results:
         cells = [next(r for r in long_rows if r["model"] == model and r["condition"] == c) for c in names]
         lines.append(f"| {model} | " + " | ".join(f"{r['dice']:.3f} / {r['hd95']:.1f}" for r in cells) + " |")
-    table = "\n".join(lines) + "\n"
+    table = "\n".join(lines) + "\n" + footer
     (out / "results.md").write_text(table)
     return table
 
@@ -124,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     def fit(stage: str, configs: list[str], *extra: str) -> Path:
         folder = work / stage
         if not (args.reuse and list(folder.rglob("last.ckpt"))):
-            options = [item for config in configs for item in ("--config", str(CONFIGS / config))]
-            brainfm(["fit", *options, "--trainer.default_root_dir", str(folder), *QUIET, *extra],
+            brainfm(["fit", *config_args(configs), "--trainer.default_root_dir", str(folder), *QUIET, *extra],
                     work / "logs" / f"{stage}.log", timings, stage)
         return last_checkpoint(folder)
 
@@ -145,15 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         folder = work / stage
         checkpoint = fit(stage, configs, *steps, "--trainer.logger.init_args.save_dir", str(folder), *extra)
         out = folder / "robustness"
-        config_args = [item for config in configs for item in ("--config", str(CONFIGS / config))]
-        brainfm(["evaluate", "robustness", *config_args, "--ckpt_path", str(checkpoint), "--out", str(out)],
-                work / "logs" / f"{stage}_evaluate.log", timings, f"{stage}_evaluate")
+        evaluate = ["evaluate", "robustness", *config_args(configs), "--ckpt_path", str(checkpoint)]
+        brainfm([*evaluate, "--out", str(out)], work / "logs" / f"{stage}_evaluate.log", timings, f"{stage}_evaluate")
         results[model] = conditions(out / "robustness_cases.csv")
         if stage == "seg_pretrained":  # the same model and sessions with FLAIR under a name it never saw
             unseen = folder / "robustness_unseen"
-            brainfm(["evaluate", "robustness", *config_args, "--ckpt_path", str(checkpoint), "--out", str(unseen),
-                     "--unseen-name", f"FLAIR={UNSEEN_FLAIR}"], work / "logs" / f"{stage}_unseen.log", timings,
-                    f"{stage}_unseen")
+            brainfm([*evaluate, "--out", str(unseen), "--unseen-name", f"FLAIR={UNSEEN_FLAIR}"],
+                    work / "logs" / f"{stage}_unseen.log", timings, f"{stage}_unseen")
             renamed = conditions(unseen / "robustness_cases.csv")["all"]
     total = time.perf_counter() - start
     header = (f"# BrainFM vs U-Net on the SYNTHETIC demo data at 4 mm (test split)\n\n"
@@ -164,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     footer = (f"\nBrainFM (pretrained) with FLAIR shown as the unseen name `{UNSEEN_FLAIR}`, all modalities: "
               f"{nanmean([c['dice'] for c in renamed]):.3f} / {nanmean([c['hd95'] for c in renamed]):.1f} "
               f"(n={len(renamed)}); heatmaps: `{work}/*/robustness*/robustness.png`.\n")
-    table = write_results(results, args.out, header) + footer
-    (args.out / "results.md").write_text(table)
-    print("\n" + table)
+    print("\n" + write_results(results, args.out, header, footer))
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.csv'}")
     return 0
 

@@ -36,7 +36,8 @@ def test_conditions_keep_the_full_set_and_each_one_left_out(tmp_path):
 def test_results_table_averages_per_model_and_condition(tmp_path):
     results = {"A": {"all": [{"dice": 0.2, "hd95": 10.0}, {"dice": 0.4, "hd95": math.nan}], "w/o T1": []},
                "B": {"all": [{"dice": 0.1, "hd95": 3.0}, {"dice": 0.3, "hd95": 5.0}], "w/o T1": []}}
-    table = compare.write_results(results, tmp_path, "# header")
+    table = compare.write_results(results, tmp_path, "# header", footer="renamed: 0.5\n")
+    assert (tmp_path / "results.md").read_text() == table and table.endswith("| nan / nan |\nrenamed: 0.5\n")
     assert "| A | 0.300 / 10.0 | nan / nan |" in table  # NaN HD95 left out of the mean
     assert "| B | 0.200 / 4.0 | nan / nan |" in table
     assert "all (n=2)" in table and "w/o T1 (n=0)" in table

@@ -37,11 +37,8 @@ def patchify(images: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Te
         ``[B, M * L, pd * ph * pw]`` with ``L = (D/pd)(H/ph)(W/pw)``; tokens of modality slot ``m``
         occupy ``[m * L, (m + 1) * L)`` in row-major (d, h, w) grid order.
     """
-    b, m, d, h, w = images.shape
-    pd, ph, pw = patch_size
-    x = images.reshape(b, m, d // pd, pd, h // ph, ph, w // pw, pw)
-    x = x.permute(0, 1, 2, 4, 6, 3, 5, 7)  # [B, M, gd, gh, gw, pd, ph, pw]
-    return x.reshape(b, m * (d // pd) * (h // ph) * (w // pw), pd * ph * pw)
+    patches = patch_view(images, patch_size)  # [B, M, gd, gh, gw, pd, ph, pw]
+    return patches.reshape(images.shape[0], -1, patch_size[0] * patch_size[1] * patch_size[2])
 
 
 def unpatchify(

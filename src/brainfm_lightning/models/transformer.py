@@ -111,25 +111,20 @@ class ConditionedTransformer(nn.Module):
         key_valid: torch.Tensor,
         cond: torch.Tensor,
         cond_index: torch.Tensor,
-        head: nn.Module | None = None,
     ) -> torch.Tensor:
         """x: [B, N, C]; key_valid: bool [B, N]; cond: [B, M, cond_dim]; cond_index: long [B, N] slot of each token.
 
-        Args:
-            head: Optional layer applied to the normalised output (pad-free: to the valid tokens only).
-
         Returns:
-            ``[B, N, C']``; padded positions hold zeros (pad-free) or values nothing depends on (padded).
+            ``[B, N, C]``; padded positions hold zeros (pad-free) or values nothing depends on (padded).
         """
-        head = head if head is not None else nn.Identity()
         if not self.pad_free:
-            return head(self._run(x, cond, cond_index, key_valid=key_valid))
+            return self._run(x, cond, cond_index, key_valid=key_valid)
         if bool(key_valid.all()):  # one group holding every session: no packing needed, and no mask
-            return head(self._run(x, cond, cond_index))
+            return self._run(x, cond, cond_index)
         packing = Packing.from_valid(key_valid)
         slots = cond_index + torch.arange(x.shape[0], device=x.device)[:, None] * cond.shape[1]  # flat [B * M] rows
         packed = self._run(packing.pack(x), cond, packing.pack(slots), groups=packing.groups)
-        return packing.unpack(head(packed))
+        return packing.unpack(packed)
 
     def compile_blocks(self, **options: object) -> None:
         """``torch.compile`` every block in place (state-dict keys unchanged), with dynamic token counts.
