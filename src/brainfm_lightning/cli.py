@@ -60,7 +60,7 @@ class BrainFMCLI(LightningCLI):
 
 def run_lightning(argv: Sequence[str] | None) -> None:
     """Run LightningCLI on ``argv`` (``None``: the process's own arguments)."""
-    from brainfm_lightning.callbacks import LoggerSaveConfigCallback
+    from brainfm_lightning.callbacks import LoggerSaveConfigCallback, SlurmRequeue
 
     BrainFMCLI(
         LightningModule,
@@ -72,6 +72,7 @@ def run_lightning(argv: Sequence[str] | None) -> None:
         save_config_kwargs={"overwrite": True},
         args=None if argv is None else list(argv),
         auto_configure_optimizers=False,
+        trainer_defaults={"callbacks": [SlurmRequeue()]},  # appended to the configured callbacks; no-op off Slurm
     )
 
 

@@ -106,14 +106,14 @@ def test_preempted_ddp_job_requeues_resumes_and_finishes_at_max_steps(slurm_clus
     print(f"job {job_id}: {fields.get('JobState')} restarts={fields.get('Restarts')}\n{text}")
     assert fields["JobState"] == "COMPLETED" and fields["ExitCode"] == "0:0", diagnose()
 
-    # the requeue: Lightning's handler, an hpc checkpoint, Slurm's restart count, and the restore from it
+    # the requeue: the SlurmRequeue callback, an hpc checkpoint, Slurm's restart count, and the restore from it
     (hpc_ckpt,) = run_dir.glob("hpc_ckpt_*.ckpt")
     assert hpc_ckpt.name == "hpc_ckpt_1.ckpt"
-    assert "Handling auto-requeue signal: 10" in text
+    preempted_at = torch.load(hpc_ckpt, map_location="cpu", weights_only=False)["global_step"]
+    assert f"Handling auto-requeue signal 10 at global step {preempted_at}: saving {hpc_ckpt}" in text
     assert f"Requeued SLURM job: {job_id}" in text
     assert f"Restored all states from the checkpoint at {hpc_ckpt}" in text
     assert fields["Restarts"] == "1"
-    preempted_at = torch.load(hpc_ckpt, map_location="cpu", weights_only=False)["global_step"]
     assert SIGNAL_AFTER_STEP <= preempted_at < MAX_STEPS
     print(f"job {job_id}: preempted at global step {preempted_at}, requeued, finished at {MAX_STEPS}")
 

@@ -2,6 +2,7 @@
 
 from brainfm_lightning.callbacks.prediction_writer import EmbeddingWriter
 from brainfm_lightning.callbacks.reconstruction_montage import ReconstructionMontage, collapse_metrics
+from brainfm_lightning.callbacks.slurm_requeue import SlurmRequeue
 from brainfm_lightning.callbacks.summary import TrainingSummary
 from brainfm_lightning.callbacks.vicreg_warmup import VICRegWarmup, warmup_scale
 from brainfm_lightning.callbacks.wandb_config import LoggerSaveConfigCallback
@@ -10,6 +11,7 @@ __all__ = [
     "EmbeddingWriter",
     "LoggerSaveConfigCallback",
     "ReconstructionMontage",
+    "SlurmRequeue",
     "TrainingSummary",
     "VICRegWarmup",
     "collapse_metrics",
