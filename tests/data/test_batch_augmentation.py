@@ -15,14 +15,15 @@ from brainfm_lightning.data.batch_augmentation import AugmentationParams, BatchA
 KS_P = 1e-3  # two-sample Kolmogorov-Smirnov: fail only on a clear difference of distributions
 
 
-def params(batch: int, slots: int, sampling: torch.Tensor | None = None, **overrides) -> AugmentationParams:
-    """Parameters with every transform off except those given."""
+def params(batch: int, slots: int, sampling: torch.Tensor | None = None) -> AugmentationParams:
+    """Parameters with every transform off but the affine ``sampling``, if given."""
     fields = dict(
         sampling=torch.eye(3, dtype=torch.float64).repeat(batch, 1, 1) if sampling is None else sampling,
         has_affine=torch.zeros(batch, dtype=torch.bool) if sampling is None else torch.ones(batch, dtype=torch.bool),
-        bias_coefficients=torch.zeros(batch, 20, dtype=torch.float64), log_gamma=torch.zeros(batch, dtype=torch.float64),
+        bias_coefficients=torch.zeros(batch, 20, dtype=torch.float64),
+        log_gamma=torch.zeros(batch, dtype=torch.float64),
         noise_std=torch.zeros(batch, slots, dtype=torch.float64), noise_seed=0)
-    return AugmentationParams(**(fields | overrides))
+    return AugmentationParams(**fields)
 
 
 def test_identity_affine_returns_the_input():
