@@ -95,3 +95,20 @@ def test_losses_reject_wrong_shapes():
         variance_loss(torch.zeros(3))
     with pytest.raises(ValueError, match="z must be"):
         covariance_loss(torch.zeros(3, 2, 1))
+
+
+def test_float64_features_are_not_downcast_and_agree_with_numpy_to_1e12():
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(64, 4))
+    z = np.concatenate([base, base @ rng.normal(size=(4, 6))], axis=1) * rng.uniform(0.1, 1.5, size=10)
+    variance, covariance = variance_loss(torch.from_numpy(z), eps=1e-4), covariance_loss(torch.from_numpy(z))
+    assert variance.dtype == covariance.dtype == torch.float64
+    assert variance.item() == pytest.approx(numpy_variance_loss(z, 1e-4), rel=1e-12, abs=1e-14)
+    assert covariance.item() == pytest.approx(numpy_covariance_loss(z), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_features_are_upcast_to_float32(dtype):
+    z = torch.randn(32, 8).to(dtype)
+    assert variance_loss(z).dtype == covariance_loss(z).dtype == torch.float32
+    assert covariance_loss(z).item() == pytest.approx(covariance_loss(z.float()).item(), rel=1e-6)

@@ -6,6 +6,18 @@ import torch
 from torch.nn import functional as F
 
 
+def at_least_float32(z: torch.Tensor) -> torch.Tensor:
+    """Upcast for the loss arithmetic: bf16/fp16 become float32; float32 and float64 are kept (never downcast).
+
+    Args:
+        z: Any floating tensor.
+
+    Returns:
+        ``z`` itself, or its float32 copy.
+    """
+    return z if z.dtype in (torch.float32, torch.float64) else z.float()
+
+
 def masked_mse_loss(
     pred: torch.Tensor, target: torch.Tensor, is_masked: torch.Tensor | None = None, norm_pix_loss: bool = False
 ) -> torch.Tensor:
@@ -24,7 +36,7 @@ def masked_mse_loss(
     # only the masked patches enter the arithmetic: [B, N, P] -> [K, P], no work on visible or padded ones
     if is_masked is not None:
         pred, target = pred[is_masked], target[is_masked]
-    pred, target = pred.float(), target.float()
+    pred, target = at_least_float32(pred), at_least_float32(target)
     if pred.shape[0] == 0:
         return pred.sum() * 0.0  # keeps the graph connected
     if norm_pix_loss:
@@ -44,13 +56,13 @@ def variance_loss(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
         eps: Numerical floor of the variance.
 
     Returns:
-        Scalar; 0 for ``N < 2`` where a variance is undefined.
+        Scalar in float32, or float64 for float64 ``z``; 0 for ``N < 2`` where a variance is undefined.
     """
     if z.dim() != 2:
         raise ValueError(f"z must be [N, D], got shape {tuple(z.shape)}")
     if z.shape[0] < 2:
         return z.new_zeros(())
-    std = torch.sqrt(z.float().var(dim=0) + eps)  # unbiased, N - 1
+    std = torch.sqrt(at_least_float32(z).var(dim=0) + eps)  # unbiased, N - 1
     return torch.relu(1.0 - std).mean()
 
 
@@ -61,14 +73,15 @@ def covariance_loss(z: torch.Tensor) -> torch.Tensor:
         z: Encoder features ``[N, D]``.
 
     Returns:
-        Scalar; 0 for ``N < 2``.
+        Scalar in float32, or float64 for float64 ``z``; 0 for ``N < 2``.
     """
     if z.dim() != 2:
         raise ValueError(f"z must be [N, D], got shape {tuple(z.shape)}")
     n, d = z.shape
     if n < 2:
         return z.new_zeros(())
-    centred = z.float() - z.float().mean(dim=0)
+    z = at_least_float32(z)
+    centred = z - z.mean(dim=0)
     cov = centred.T @ centred / (n - 1)  # [D, D]
     off_diagonal = cov.pow(2).sum() - cov.diagonal().pow(2).sum()
     return off_diagonal / d
