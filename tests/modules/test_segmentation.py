@@ -41,23 +41,29 @@ def test_pretrained_weights_and_modality_table_load_with_a_report(pretrained, mo
     assert len(messages) == 1 and "0 missing" in messages[0] and str(path) in messages[0]
 
 
-def test_missing_and_unexpected_keys_are_reported_not_dropped(pretrained, tmp_path):
+def test_missing_and_unexpected_encoder_keys_are_refused_unless_partial_is_allowed(pretrained, tmp_path):
     path, _ = pretrained
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     del checkpoint["state_dict"]["net.encoder.norm.to_scale_shift.bias"]
-    checkpoint["state_dict"]["net.extra_head.weight"] = torch.zeros(3)
+    checkpoint["state_dict"]["net.encoder.blocks.7.attn.qkv.weight"] = torch.zeros(3)
+    checkpoint["state_dict"]["net.extra_head.weight"] = torch.zeros(3)  # not the encoder's: reported only
     torch.save(checkpoint, tmp_path / "edited.ckpt")
-    report = segmenter(pretrained=str(tmp_path / "edited.ckpt")).pretrained_report
-    assert report.missing == ["encoder.norm.to_scale_shift.bias"] and report.unexpected == ["extra_head.weight"]
+    with pytest.raises(ValueError, match=r"missing net\.encoder\.norm\.to_scale_shift\.bias; "
+                                         r"unexpected net\.encoder\.blocks\.7\.attn\.qkv\.weight"):
+        segmenter(pretrained=str(tmp_path / "edited.ckpt"))
+    report = segmenter(pretrained=str(tmp_path / "edited.ckpt"), allow_partial=True).pretrained_report
+    assert report.missing == ["encoder.norm.to_scale_shift.bias"]
+    assert report.unexpected == ["encoder.blocks.7.attn.qkv.weight", "extra_head.weight"]
     assert "1 missing" in str(report) and "extra_head.weight" in str(report)
 
 
 def test_shape_mismatch_raises_naming_the_key(pretrained, tmp_path):
     path, _ = pretrained
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    checkpoint["state_dict"]["net.pos_embed"] = torch.zeros(1, 27, 48)  # a 48^3 crop's grid
+    checkpoint["state_dict"]["net.encoder.blocks.0.mlp.fc1.weight"] = torch.zeros(96, 64)  # another width
     torch.save(checkpoint, tmp_path / "mismatched.ckpt")
-    with pytest.raises(ValueError, match=r"net\.pos_embed: checkpoint \(1, 27, 48\) vs network \(1, 8, 48\)"):
+    with pytest.raises(ValueError, match=r"net\.encoder\.blocks\.0\.mlp\.fc1\.weight: checkpoint \(96, 64\) "
+                                         r"vs network \(192, 48\)"):
         segmenter(pretrained=str(tmp_path / "mismatched.ckpt"))
 
 

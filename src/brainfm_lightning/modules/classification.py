@@ -71,6 +71,8 @@ class ClassificationModule(TransferModule):
         net: The encoder's network; its reconstruction decoder is kept but frozen and unused.
         pretrained: A pretraining checkpoint whose ``net.*`` weights and modality table are loaded (see
             :class:`~brainfm_lightning.modules.SegmentationModule`).
+        allow_partial: Keep encoder weights that do not fit at initialisation instead of raising (see
+            :class:`~brainfm_lightning.modules.SegmentationModule`).
         target: Manifest column to predict (``has_lesion``, ``lesion_volume_ml`` on the demo data).
         task: ``binary``, ``multiclass`` or ``regression``.
         num_classes: Classes of a multiclass task.
@@ -93,6 +95,7 @@ class ClassificationModule(TransferModule):
         self,
         net: ModalityMAE,
         pretrained: str | None = None,
+        allow_partial: bool = False,
         target: str = "has_lesion",
         task: Task = "binary",
         num_classes: int = 2,
@@ -126,7 +129,7 @@ class ClassificationModule(TransferModule):
             nn.Linear(hidden_dim, outputs))
         self.optimizer_factory: Callable = optimizer
         self._init_transfer(pretrained, "full" if freeze_encoder else "none", text_encoder, modality_table,
-                            descriptions, aliases)
+                            descriptions, aliases, allow_partial)
         self.val_metrics = classification_metric_collection(task, num_classes, prefix="val/")
         self.test_metrics = classification_metric_collection(task, num_classes, prefix="test/")
 

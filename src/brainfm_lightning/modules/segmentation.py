@@ -32,9 +32,13 @@ class SegmentationModule(TransferModule):
 
     Args:
         net: The encoder's network; its reconstruction decoder is kept (checkpoint layout) but frozen and unused.
-        pretrained: A pretraining checkpoint: its ``net.*`` weights and modality table are loaded, and a report of
-            missing/unexpected keys is logged; shape mismatches raise. Restoring a fine-tuned checkpoint in Python
-            needs no pretraining file: ``SegmentationModule.load_from_checkpoint(path, net=..., pretrained=None)``.
+        pretrained: A pretraining checkpoint: its ``net.*`` weights and modality table are loaded and a report is
+            logged. An encoder weight missing from it, unknown to the network or of another shape raises, naming
+            the keys; positional embeddings of another crop are interpolated to ``net``'s grid. Restoring a
+            fine-tuned checkpoint in Python needs no pretraining file:
+            ``SegmentationModule.load_from_checkpoint(path, net=..., pretrained=None)``.
+        allow_partial: Load what fits and keep the other encoder weights at initialisation (listed in the report)
+            instead of raising; the explicit way to fine-tune from a checkpoint of another architecture.
         num_classes: Classes including background.
         freeze_encoder: ``none`` (full fine-tune), ``partial`` (embeddings and the first half of the blocks) or
             ``full`` (decoder only).
@@ -58,6 +62,7 @@ class SegmentationModule(TransferModule):
         self,
         net: ModalityMAE,
         pretrained: str | None = None,
+        allow_partial: bool = False,
         num_classes: int = 2,
         freeze_encoder: FreezeMode = "none",
         layer_decay: float = 1.0,
@@ -82,7 +87,8 @@ class SegmentationModule(TransferModule):
         self.save_hyperparameters(ignore=injected_hparams_to_ignore())
         self.segmenter = ModalityUNETR(net, num_classes, feature_size, feature_layers)
         self.optimizer_factory: Callable = optimizer
-        self._init_transfer(pretrained, freeze_encoder, text_encoder, modality_table, descriptions, aliases)
+        self._init_transfer(pretrained, freeze_encoder, text_encoder, modality_table, descriptions, aliases,
+                            allow_partial)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.spacing: float | Sequence[float] = voxel_spacing or 1.0
         self.metric_means = nn.ModuleDict({f"{stage}_{name}": MeanMetric(nan_strategy="ignore")

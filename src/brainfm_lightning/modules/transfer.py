@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -14,65 +12,11 @@ from torch import nn
 
 from brainfm_lightning.models import ModalityMAE
 from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin
+from brainfm_lightning.modules.pretrained import EMBEDDING_PREFIXES, LoadReport, load_pretrained
 from brainfm_lightning.modules.schedule import cosine_with_warmup
 
 FreezeMode = Literal["none", "partial", "full"]
-EMBEDDING_PREFIXES = ("patch_embed.", "modality_proj.", "pos_embed")
 _BLOCK = re.compile(r"^encoder\.blocks\.(\d+)\.")
-
-
-@dataclass
-class LoadReport:
-    """What :func:`load_pretrained` found: network keys loaded, absent from the checkpoint, or unknown to the net."""
-
-    path: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    modality_names: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return (f"pretrained weights from {self.path}: {len(self.loaded)} tensors loaded, "
-                f"{len(self.missing)} missing (kept at initialisation) {self.missing}, "
-                f"{len(self.unexpected)} unexpected (ignored) {self.unexpected}; "
-                f"modality table: {self.modality_names or 'none in the checkpoint'}")
-
-
-def load_pretrained(net: nn.Module, path: str | Path, prefix: str = "net.") -> tuple[LoadReport, dict | None]:
-    """Load a pretraining checkpoint's ``net.*`` weights into ``net`` and return its modality table state.
-
-    Keys that exist on one side only are reported, never an error; a key on both sides with a different shape
-    raises, so nothing is dropped silently.
-
-    Args:
-        net: The network to fill (a :class:`ModalityMAE`).
-        path: A ``.ckpt`` written by ``brainfm fit`` (``MAEPretrainModule``).
-        prefix: Prefix of the network's keys in the checkpoint's ``state_dict``.
-
-    Returns:
-        The :class:`LoadReport` and the checkpoint's ``modality_table`` state (``None`` if it has none).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: The file holds no ``state_dict`` with ``prefix`` keys, or shapes differ (each key named).
-    """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"pretrained checkpoint not found: {path} (model.pretrained)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k[len(prefix):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
-    if not state:
-        raise ValueError(f"{path}: no '{prefix}*' weights in its state_dict; is it a pretraining checkpoint?")
-    own = net.state_dict()
-    mismatched = [f"{prefix}{k}: checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if mismatched:
-        raise ValueError(f"{path}: shape mismatch for {len(mismatched)} tensors (pretrained with another "
-                         f"img_size/patch_size/width?): " + "; ".join(mismatched))
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    table = checkpoint.get("modality_table")
-    report = LoadReport(str(path), sorted(set(state) - set(unexpected)), list(missing), list(unexpected),
-                        list(table["names"]) if table else [])
-    return report, table
 
 
 def encoder_layer(name: str, depth: int) -> int | None:
@@ -110,8 +54,12 @@ class TransferModule(ModalityEmbeddingMixin):
 
     def _init_transfer(self, pretrained: str | None, freeze: FreezeMode, text_encoder: str,
                        modality_table: str | None, descriptions: Mapping[str, str] | None,
-                       aliases: Mapping[str, str] | None) -> None:
-        """Modality table, pretrained weights (their table, plus names only the given table has), freezing."""
+                       aliases: Mapping[str, str] | None, allow_partial: bool = False) -> None:
+        """Modality table, pretrained weights (their table, plus names only the given table has), freezing.
+
+        The encoder loads strictly (:func:`load_pretrained`); ``allow_partial`` keeps what does not fit at
+        initialisation instead of raising.
+        """
         if freeze not in ("none", "partial", "full"):
             raise ValueError(f"freeze_encoder must be 'none', 'partial' or 'full', got {freeze!r}")
         self.modality_dim = self.net.modality_dim
@@ -120,7 +68,7 @@ class TransferModule(ModalityEmbeddingMixin):
         self._init_modality_table()
         self.pretrained_report: LoadReport | None = None
         if pretrained:
-            self.pretrained_report, table = load_pretrained(self.net, pretrained)
+            self.pretrained_report, table = load_pretrained(self.net, pretrained, allow_partial=allow_partial)
             if table is not None:
                 ModalityEmbeddingMixin.on_load_checkpoint(self, {"modality_table": table})
                 if self.modality_table.dim != self.modality_dim:
@@ -173,7 +121,6 @@ class TransferModule(ModalityEmbeddingMixin):
         warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
         scheduler = cosine_with_warmup(optimizer, total, warmup, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
 
 
 def check_optimization(weight_decay: float, layer_decay: float, warmup_steps: float) -> None:
