@@ -19,7 +19,8 @@ class DemoDataModule(ManifestDataModule):
         n_subjects: Subjects (one session each) in the demo dataset.
         demo_seed: Seed of the synthetic subjects.
         demo_spacing: Voxel spacing of the written volumes in mm.
-        **kwargs: Everything :class:`ManifestDataModule` takes, except ``manifest``.
+        **kwargs: Everything :class:`ManifestDataModule` takes, except ``manifest``; with ``prepare_cache`` and no
+            ``cache_dir``, the prepared cache lives next to the dataset, in ``<root>-prepared``.
     """
 
     def __init__(
@@ -32,15 +33,19 @@ class DemoDataModule(ManifestDataModule):
     ) -> None:
         self.root = root
         self.build_kwargs = dict(n_subjects=n_subjects, seed=demo_seed, spacing=demo_spacing)
+        if kwargs.get("prepare_cache") and not kwargs.get("cache_dir"):
+            kwargs["cache_dir"] = str(Path(root).with_name(f"{Path(root).name}-prepared"))
         super().__init__(manifest=str(Path(root) / "manifest.csv"), **kwargs)
 
     def _check_manifest(self) -> None:
         """The manifest is written by :meth:`prepare_data`, so it need not exist yet."""
 
     def prepare_data(self) -> None:
+        """Build the demo dataset if needed, then (with ``prepare_cache``) its prepared cache."""
         ensure_demo_dataset(self.root, **self.build_kwargs)
+        super().prepare_data()
 
     @cached_property
     def sessions(self) -> list[Session]:
-        self.prepare_data()  # safe if several processes race: the build is atomic
+        ensure_demo_dataset(self.root, **self.build_kwargs)  # safe if several processes race: the build is atomic
         return super().sessions

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import random
+import time
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
+import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from brainfm_lightning.data import Session, SessionDataset, SessionPreprocessor, pad_collate, read_manifest
+from brainfm_lightning.data.batch_augmentation import BatchAugmentation
 from brainfm_lightning.data.cache import PreparedCache
 from brainfm_lightning.data.dataset import BadScanPolicy
+from brainfm_lightning.data.prepare import prepare_cache
 from brainfm_lightning.data.sampling import EpochSampler, ResumableDataLoader
 from brainfm_lightning.models.patch_embed import to_3tuple
+
+log = logging.getLogger(__name__)
+AugmentOn = Literal["device", "workers"]
 
 
 class ManifestDataModule(L.LightningDataModule):
@@ -33,7 +44,9 @@ class ManifestDataModule(L.LightningDataModule):
         crop_size: Model input size, an int or 3 ints; must equal the network's ``img_size``.
         spacing: Resample to this voxel spacing in mm, or ``None`` to keep each session's grid.
         batch_size: Sessions per batch (per device).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, kept alive across epochs; ``None``: one fewer than the CPUs this
+            process may use, shared among the node's ranks (:func:`default_num_workers`).
+        prefetch_factor: Batches each worker prepares ahead.
         val_fraction: Fraction of subjects held out when the manifest has no ``split`` column.
         seed: Seed of the split, the per-epoch shuffle and the random crops.
         bad_scan_policy: ``skip`` a bad scan with a warning naming it, or ``error`` at once.
@@ -41,7 +54,10 @@ class ManifestDataModule(L.LightningDataModule):
         with_label: Load each session's label mask (segmentation).
         max_voxels: Reject larger scans.
         max_anisotropy: Reject scans with a larger ratio of coarsest to finest spacing.
-        augment: Random affine, bias field, gamma and noise on training crops (torchio); never on val/test.
+        augment: Random affine, bias field, gamma and noise on training crops; never on val/test.
+        augment_on: ``device``: on each collated batch after its transfer to the training device
+            (:class:`BatchAugmentation`; label maps follow with nearest interpolation), seeded by (``seed``, epoch,
+            batch, rank) so a resumed run repeats it; ``workers``: torchio on each crop in the DataLoader workers.
         bucket_by_modality_count: Batch training sessions with the same number of modalities together where
             possible (less padding); still reshuffled every epoch from ``seed``.
         cache_dir: Root of the prepared cache (``brainfm data prepare``): sessions prepared for these settings
@@ -55,7 +71,8 @@ class ManifestDataModule(L.LightningDataModule):
         crop_size: int | Sequence[int] = 64,
         spacing: float | None = None,
         batch_size: int = 4,
-        num_workers: int = 0,
+        num_workers: int | None = None,
+        prefetch_factor: int = 2,
         val_fraction: float = 0.1,
         seed: int = 0,
         bad_scan_policy: BadScanPolicy = "skip",
@@ -65,7 +82,9 @@ class ManifestDataModule(L.LightningDataModule):
         max_anisotropy: float = 8.0,
         bucket_by_modality_count: bool = False,
         augment: bool = False,
+        augment_on: AugmentOn = "device",
         cache_dir: str | None = None,
+        prepare_cache: bool = False,
     ) -> None:
         super().__init__()
         self.crop_size = to_3tuple(crop_size, "crop_size")
@@ -73,12 +92,19 @@ class ManifestDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 or None, got {num_workers}")
+        if prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor must be >= 1, got {prefetch_factor}")
+        if augment_on not in ("device", "workers"):
+            raise ValueError(f"augment_on must be 'device' or 'workers', got {augment_on!r}")
         if bad_scan_policy not in ("skip", "error"):
             raise ValueError(f"bad_scan_policy must be 'skip' or 'error', got {bad_scan_policy!r}")
         self.manifest = manifest
         self.spacing = spacing
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.prefetch_factor = prefetch_factor
         self.val_fraction = val_fraction
         self.seed = seed
         self.bad_scan_policy = bad_scan_policy
@@ -87,7 +113,11 @@ class ManifestDataModule(L.LightningDataModule):
         self.load_kwargs = dict(max_voxels=max_voxels, max_anisotropy=max_anisotropy)
         self.bucket_by_modality_count = bucket_by_modality_count
         self.augment = augment
+        self.augment_on = augment_on
+        self.device_augmentation = BatchAugmentation() if augment and augment_on == "device" else None
         self.cache_dir = cache_dir
+        self.prepare_cache = prepare_cache
+        self.last_augment_ms = 0.0
         self._check_manifest()
 
     def _check_manifest(self) -> None:
@@ -115,13 +145,39 @@ class ManifestDataModule(L.LightningDataModule):
         val = [s for s in self.sessions if s.subject in held_out]
         return {"train": [s for s in self.sessions if s.subject not in held_out], "val": val, "test": val}
 
+    @property
+    def cache(self) -> PreparedCache | None:
+        """The prepared cache for these settings, or ``None`` without ``cache_dir``."""
+        return PreparedCache(self.cache_dir, self.spacing, **self.load_kwargs) if self.cache_dir else None
+
+    def prepare_data(self) -> None:
+        """With ``prepare_cache``, store every session not yet in the cache (atomic per session, keyed by settings)."""
+        cache = self.cache
+        if not self.prepare_cache:
+            return
+        if cache is None:
+            log.info("prepare_cache is set but cache_dir is not: reading NIfTI files (set data.cache_dir to cache)")
+            return
+        todo = [s for s in self.sessions if not cache.is_prepared(s)]
+        if not todo:
+            return
+        log.info("preparing %d session(s) into %s (first use; later runs read crops from it)", len(todo), cache.folder)
+        report = prepare_cache(todo, cache, policy=self.bad_scan_policy, with_label=self.with_label,
+                               workers=max(1, self._workers()))
+        log.info("prepared cache %s: %s", cache.folder, report.summary())
+
     def _dataset(self, sessions: list[Session], train: bool) -> SessionDataset:
         preprocessor = SessionPreprocessor(self.crop_size, self.spacing, random_crop=train,
                                            flip_probability=self.flip_probability if train else 0.0,
-                                           augment=self.augment and train)
-        cache = PreparedCache(self.cache_dir, self.spacing, **self.load_kwargs) if self.cache_dir else None
+                                           augment=self.augment and self.augment_on == "workers" and train)
         return SessionDataset(sessions, preprocessor, policy=self.bad_scan_policy, with_label=self.with_label,
-                              seed=self.seed, cache=cache, **self.load_kwargs)
+                              seed=self.seed, cache=self.cache, **self.load_kwargs)
+
+    def _workers(self) -> int:
+        if self.num_workers is not None:
+            return self.num_workers
+        ranks_on_node = self.trainer.num_devices if self.trainer is not None else 1
+        return default_num_workers(ranks_on_node)
 
     def _loader(self, sessions: list[Session], train: bool) -> DataLoader:
         dataset = self._dataset(sessions, train)
@@ -131,8 +187,13 @@ class ManifestDataModule(L.LightningDataModule):
         sampler = EpochSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
                                rank=trainer.global_rank if trainer else 0, shuffle=train, seed=self.seed,
                                group_keys=group_keys, batch_size=self.batch_size)
-        options = dict(batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                       collate_fn=pad_collate, persistent_workers=False)
+        workers = self._workers()
+        on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        # workers stay up across epochs (re-forking them costs ~1 s an epoch); pinned batches copy to a GPU async
+        options: dict[str, Any] = dict(batch_size=self.batch_size, sampler=sampler, num_workers=workers,
+                                       collate_fn=pad_collate, persistent_workers=workers > 0, pin_memory=on_gpu)
+        if workers > 0:
+            options["prefetch_factor"] = self.prefetch_factor
         if train and trainer is not None:  # the position within an epoch goes into checkpoints
             return ResumableDataLoader(dataset, position=self._training_position, **options)
         return DataLoader(dataset, **options)
@@ -140,6 +201,28 @@ class ManifestDataModule(L.LightningDataModule):
     def _training_position(self) -> tuple[int, int]:
         """(epoch, batches trained in it): where Lightning's fit loop resumes from a checkpoint saved now."""
         return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def on_after_batch_transfer(self, batch: dict[str, Any] | None, dataloader_idx: int) -> dict[str, Any] | None:
+        """Augment training batches on their device (``augment_on="device"``)."""
+        trainer = self.trainer
+        if batch is None or self.device_augmentation is None or trainer is None or not trainer.training:
+            return batch
+        started = time.perf_counter()
+        epoch, index = self._training_position_of_next_batch()
+        entropy = [self.seed, epoch, index, trainer.global_rank]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
+        images, label = self.device_augmentation(batch["images"], batch["present"], batch.get("label"),
+                                                 generator=torch.Generator().manual_seed(seed))
+        batch = dict(batch, images=images)
+        if label is not None:
+            batch["label"] = label
+        # read by LoopTiming; on a GPU (no synchronisation here) this is the time to queue the kernels
+        self.last_augment_ms = (time.perf_counter() - started) * 1e3
+        return batch
+
+    def _training_position_of_next_batch(self) -> tuple[int, int]:
+        """(epoch, index in the epoch) of the batch being transferred: the batches counted ready so far."""
+        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def train_dataloader(self) -> DataLoader:
         if not self.splits["train"]:
@@ -154,3 +237,10 @@ class ManifestDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.sessions, train=False)
+
+
+def default_num_workers(ranks_on_node: int = 1) -> int:
+    """DataLoader workers per rank: the CPUs this process may use (Slurm's cgroup included), shared among the node's
+    ranks, less one for the rank itself; at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus // max(1, ranks_on_node) - 1))

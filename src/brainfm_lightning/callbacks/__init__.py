@@ -1,5 +1,6 @@
 """Lightning callbacks."""
 
+from brainfm_lightning.callbacks.loop_timing import LoopTiming, StepTiming
 from brainfm_lightning.callbacks.prediction_writer import EmbeddingWriter
 from brainfm_lightning.callbacks.reconstruction_montage import ReconstructionMontage, collapse_metrics
 from brainfm_lightning.callbacks.slurm_requeue import SlurmRequeue
@@ -10,8 +11,10 @@ from brainfm_lightning.callbacks.wandb_config import LoggerSaveConfigCallback
 __all__ = [
     "EmbeddingWriter",
     "LoggerSaveConfigCallback",
+    "LoopTiming",
     "ReconstructionMontage",
     "SlurmRequeue",
+    "StepTiming",
     "TrainingSummary",
     "VICRegWarmup",
     "collapse_metrics",

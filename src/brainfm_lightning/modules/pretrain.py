@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -75,7 +74,6 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
         self.compile_mode = compile
         self._blocks_compiled = False
         self._init_modality_table()
-        self._step_started = time.perf_counter()
 
     def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> MAEOutput:
         images = batch["images"]
@@ -110,7 +108,6 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False, batch_size=batch_size)
         self.log("train/loss_mae_epoch", terms["loss_mae"], on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=batch_size, sync_dist=True)
-        self._log_throughput(batch)
         self._log_skipped(batch)
         return terms["loss"]
 
@@ -129,14 +126,6 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
         entropy = [torch.initial_seed(), self.global_step, batch_idx, self.global_rank]
         seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
         return torch.Generator(device=device).manual_seed(seed)
-
-    def _log_throughput(self, batch: Mapping[str, Any]) -> None:
-        now = time.perf_counter()
-        elapsed, self._step_started = now - self._step_started, now
-        tokens = int(batch["present"].sum()) * self.net.tokens_per_modality
-        sessions = len(batch["session_ids"])
-        self.log_dict({"train/sessions_per_s": sessions / elapsed, "train/tokens_per_s": tokens / elapsed},
-                      batch_size=sessions)
 
     def validation_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
         if batch is None:
