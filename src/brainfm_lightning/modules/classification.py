@@ -153,9 +153,9 @@ class ClassificationModule(TransferModule):
             return F.binary_cross_entropy_with_logits(outputs, targets), outputs.sigmoid(), targets.long()
         return F.mse_loss(outputs, targets), outputs, targets
 
-    def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:  # every session of the batch was skipped as bad input
-            return None
+    def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor:
+        if batch is None:  # every session was bad input; Lightning's loop skips such batches before this
+            return self.skipped_step_loss()
         loss, _, _ = self._outputs(batch)
         self.log_training_loss(loss, len(batch["session_ids"]))
         return loss

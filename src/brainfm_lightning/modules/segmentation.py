@@ -140,9 +140,9 @@ class SegmentationModule(TransferModule):
                              f"model.num_classes={self.hparams.num_classes}")
         return label
 
-    def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:  # every session of the batch was skipped as bad input
-            return None
+    def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor:
+        if batch is None:  # every session was bad input; Lightning's loop skips such batches before this
+            return self.skipped_step_loss()
         logits = self(batch["images"], self.embed_batch(batch), batch["present"])
         loss = self.loss(logits, self._label(batch))
         self.log_training_loss(loss, len(batch["session_ids"]))

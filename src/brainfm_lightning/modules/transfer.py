@@ -14,6 +14,7 @@ from brainfm_lightning.models import ModalityMAE
 from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin
 from brainfm_lightning.modules.pretrained import EMBEDDING_PREFIXES, LoadReport, load_pretrained
 from brainfm_lightning.modules.schedule import cosine_with_warmup
+from brainfm_lightning.modules.skipping import SkippedBatchMixin
 
 FreezeMode = Literal["none", "partial", "full"]
 _BLOCK = re.compile(r"^encoder\.blocks\.(\d+)\.")
@@ -46,7 +47,7 @@ def is_frozen(name: str, depth: int, freeze: FreezeMode) -> bool:
     return freeze == "partial" and layer <= depth // 2
 
 
-class TransferModule(ModalityEmbeddingMixin):
+class TransferModule(SkippedBatchMixin, ModalityEmbeddingMixin):
     """Base of the fine-tuning modules: ``self.net`` is a :class:`ModalityMAE`, every other parameter is the head."""
 
     net: ModalityMAE

@@ -1,0 +1,61 @@
+"""Training batches with nothing to learn from: skipped by all ranks together or trained as a zero loss, and counted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+
+class SkippedBatchMixin(L.LightningModule):
+    """Keeps the ranks of a DDP run stepping together when a batch holds nothing usable, and counts those batches.
+
+    Two cases:
+
+    - The loader yields ``None`` (every session of the batch was skipped as bad input). Lightning then calls no
+      ``training_step`` on that rank, and under DDP the other ranks would wait in the gradient all-reduce for ever.
+      Before the batch is transferred, the ranks agree (one boolean all-reduce): if any rank's batch is ``None``,
+      every rank drops its batch and all skip the step together, through Lightning's own ``None`` path (no
+      forward, no optimizer step; the learning-rate schedule still advances per batch).
+    - A step finds nothing to learn from after its forward (a non-finite loss under a ``skip`` policy):
+      :meth:`skipped_step_loss` is a zero loss through every trainable parameter, so the rank still takes part
+      in the gradient all-reduce and adds zero to it.
+
+    Both count in ``train/skipped_batches`` (batches dropped per epoch, summed over ranks: a step all ranks skip
+    together counts once per rank) and in :attr:`skipped_batches` (this rank's). A zero-loss step is still an
+    optimizer step: AdamW's weight decay and moments advance as for a batch of zero gradients.
+    The agreement runs in ``on_before_batch_transfer``; a datamodule overriding that hook takes it over.
+    """
+
+    skipped_batches: int = 0  # of this process, since it started
+    _is_step_skipped: bool = False
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return batch
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(batch is None, all=False):
+            return None  # some rank has nothing: all skip this step together
+        return batch
+
+    def skipped_step_loss(self) -> torch.Tensor:
+        """Zero, through every trainable parameter: gradients of exactly zero, and every rank reaches the all-reduce.
+
+        Returns:
+            A scalar zero attached to the graph of all parameters with ``requires_grad``.
+        """
+        self._is_step_skipped = True
+        loss = torch.zeros((), device=self.device)
+        for param in self.parameters():
+            if param.requires_grad:
+                loss = loss + param.sum() * 0.0
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        is_skipped = batch is None or self._is_step_skipped
+        self._is_step_skipped = False
+        self.skipped_batches += int(is_skipped)
+        # logged every step (0 or 1) by every rank, so the epoch-end sum over ranks pairs up
+        self.log("train/skipped_batches", float(is_skipped), on_step=False, on_epoch=True, reduce_fx="sum",
+                 sync_dist=True, batch_size=1)
