@@ -13,9 +13,10 @@ from brainfm_lightning.losses import covariance_loss, masked_mse_loss, pretraini
 from brainfm_lightning.models import MAEOutput, ModalityMAE
 from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin, injected_hparams_to_ignore
 from brainfm_lightning.modules.schedule import cosine_with_warmup, parameter_groups
+from brainfm_lightning.modules.skipping import SkippedBatchMixin
 
 
-class MAEPretrainModule(ModalityEmbeddingMixin):
+class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
     """Pretrains a :class:`ModalityMAE` with ``L_MAE + lambda_var * L_var + lambda_cov * L_cov`` (Eq. (4)).
 
     Args:
@@ -33,7 +34,8 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
         modality_table: Optional precomputed table (``brainfm modalities embed``) to start from.
         descriptions: Extra modality name -> text to embed.
         aliases: Extra alias -> canonical modality name.
-        nonfinite_loss: ``error`` stops at a non-finite loss naming the step and sessions; ``skip`` skips the step.
+        nonfinite_loss: ``error`` stops at a non-finite loss naming the step and sessions; ``skip`` trains the step
+            as a zero loss (:class:`SkippedBatchMixin`: DDP ranks keep stepping together) and counts it.
         compile: ``torch.compile`` the transformer blocks when the Trainer sets the model up (GPU runs; the first
             steps pay for compilation). A mode string (``default``, ``reduce-overhead``, ``max-autotune``) picks
             the mode; the packed attention stays eager.
@@ -92,9 +94,9 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
                                          lambda_var, lambda_cov)
         return terms | {"lambda_var": torch.tensor(lambda_var), "lambda_cov": torch.tensor(lambda_cov)}
 
-    def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:  # every session of the batch was skipped as bad input
-            return None
+    def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor:
+        if batch is None:  # every session was bad input; Lightning's loop skips such batches before this
+            return self.skipped_step_loss()
         generator = self._training_mask_generator(batch_idx, batch["images"].device)
         terms = self.compute_losses(self(batch, generator=generator))
         if not torch.isfinite(terms["loss"]):
@@ -103,7 +105,8 @@ class MAEPretrainModule(ModalityEmbeddingMixin):
             if self.hparams.nonfinite_loss == "error":
                 raise FloatingPointError(message)
             self.print(f"skipping step: {message}")
-            return None
+            self._log_skipped(batch)
+            return self.skipped_step_loss()
         batch_size = len(batch["session_ids"])
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False, batch_size=batch_size)
         self.log("train/loss_mae_epoch", terms["loss_mae"], on_step=False, on_epoch=True, prog_bar=True,
