@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from brainfm_lightning.data import Session, SessionDataset, SessionPreprocessor, pad_collate, read_manifest
-from brainfm_lightning.data.batch_augmentation import BatchAugmentation
+from brainfm_lightning.data.batch_augmentation import AugmentingCollate, BatchAugmentation
 from brainfm_lightning.data.cache import PreparedCache
 from brainfm_lightning.data.dataset import BadScanPolicy
 from brainfm_lightning.data.prepare import prepare_cache
@@ -26,7 +26,7 @@ from brainfm_lightning.data.sampling import EpochSampler, ResumableDataLoader
 from brainfm_lightning.models.patch_embed import to_3tuple
 
 log = logging.getLogger(__name__)
-AugmentOn = Literal["device", "workers"]
+AugmentOn = Literal["device", "collate", "workers"]
 
 
 class ManifestDataModule(L.LightningDataModule):
@@ -57,7 +57,9 @@ class ManifestDataModule(L.LightningDataModule):
         augment: Random affine, bias field, gamma and noise on training crops; never on val/test.
         augment_on: ``device``: on each collated batch after its transfer to the training device
             (:class:`BatchAugmentation`; label maps follow with nearest interpolation), seeded by (``seed``, epoch,
-            batch, rank) so a resumed run repeats it; ``workers``: torchio on each crop in the DataLoader workers.
+            batch, rank) so a resumed run repeats it; ``collate``: the same batched transforms in the DataLoader
+            workers, after collation (for CPU-only training, where the device's cores are the model's); ``workers``:
+            torchio on each crop in the DataLoader workers.
         bucket_by_modality_count: Batch training sessions with the same number of modalities together where
             possible (less padding); still reshuffled every epoch from ``seed``.
         cache_dir: Root of the prepared cache (``brainfm data prepare``): sessions prepared for these settings
@@ -96,8 +98,8 @@ class ManifestDataModule(L.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0 or None, got {num_workers}")
         if prefetch_factor < 1:
             raise ValueError(f"prefetch_factor must be >= 1, got {prefetch_factor}")
-        if augment_on not in ("device", "workers"):
-            raise ValueError(f"augment_on must be 'device' or 'workers', got {augment_on!r}")
+        if augment_on not in ("device", "collate", "workers"):
+            raise ValueError(f"augment_on must be 'device', 'collate' or 'workers', got {augment_on!r}")
         if bad_scan_policy not in ("skip", "error"):
             raise ValueError(f"bad_scan_policy must be 'skip' or 'error', got {bad_scan_policy!r}")
         self.manifest = manifest
@@ -190,8 +192,11 @@ class ManifestDataModule(L.LightningDataModule):
         workers = self._workers()
         on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
         # workers stay up across epochs (re-forking them costs ~1 s an epoch); pinned batches copy to a GPU async
+        collate = pad_collate
+        if train and self.augment and self.augment_on == "collate":
+            collate = AugmentingCollate(BatchAugmentation(), self.seed)
         options: dict[str, Any] = dict(batch_size=self.batch_size, sampler=sampler, num_workers=workers,
-                                       collate_fn=pad_collate, persistent_workers=workers > 0, pin_memory=on_gpu)
+                                       collate_fn=collate, persistent_workers=workers > 0, pin_memory=on_gpu)
         if workers > 0:
             options["prefetch_factor"] = self.prefetch_factor
         if train and trainer is not None:  # the position within an epoch goes into checkpoints

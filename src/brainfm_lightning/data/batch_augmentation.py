@@ -11,10 +11,15 @@ label map) one affine, one bias field and one gamma; the noise level is drawn pe
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from brainfm_lightning.data.dataset import pad_collate
 
 
 @dataclass
@@ -183,6 +188,36 @@ class BatchAugmentation:
         if key not in self._cached:
             self._cached[key] = polynomial_basis(self.bias_exponents, shape).to(device, torch.float32)
         return self._cached[key]
+
+
+class AugmentingCollate:
+    """:func:`pad_collate`, then :class:`BatchAugmentation`: the batched augmentation inside the DataLoader workers.
+
+    For machines without an accelerator, where augmenting after the transfer would take the training process's own
+    cores: the workers augment the next batches while the model computes. Seeded by ``seed`` and the batch's sample
+    keys (epoch, index), so a batch is augmented alike whichever worker builds it, and after a resume.
+
+    Args:
+        augmentation: The transforms.
+        seed: The run's data seed.
+    """
+
+    def __init__(self, augmentation: BatchAugmentation, seed: int = 0) -> None:
+        self.augmentation = augmentation
+        self.seed = seed
+
+    def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+        batch = pad_collate(samples)
+        if batch is None:
+            return None
+        keys = [part for sample in samples if sample is not None for part in sample["sample_key"]]
+        seed = int(np.random.SeedSequence([self.seed, *keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+        images, label = self.augmentation(batch["images"], batch["present"], batch.get("label"),
+                                          generator=torch.Generator().manual_seed(seed))
+        batch["images"] = images
+        if label is not None:
+            batch["label"] = label
+        return batch
 
 
 def euler_rotation(angles: torch.Tensor) -> torch.Tensor:

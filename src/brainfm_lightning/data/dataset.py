@@ -111,7 +111,7 @@ class SessionDataset(Dataset):
             return None
         rng = np.random.default_rng([self.seed, epoch, index])
         images, label_tensor = self.preprocessor(volumes, label=label, rng=rng)
-        return self._sample(session, images, list(volumes), label_tensor)
+        return self._sample(session, images, list(volumes), label_tensor, (epoch, index))
 
     def _from_cache(self, session: Session, prepared: PreparedSession, epoch: int, index: int) -> dict[str, Any] | None:
         for problem in prepared.problems:  # recorded by prepare under "skip"; applied as when loading them
@@ -135,10 +135,11 @@ class SessionDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index])
         label = prepared.label if self.with_label else None
         images, label_tensor = self.preprocessor.crop_and_flip(prepared.images, label, prepared.background, rng)
-        return self._sample(session, images, modalities, label_tensor)
+        return self._sample(session, images, modalities, label_tensor, (epoch, index))
 
     def _sample(
-        self, session: Session, images: torch.Tensor, modalities: list[str], label: torch.Tensor | None
+        self, session: Session, images: torch.Tensor, modalities: list[str], label: torch.Tensor | None,
+        key: tuple[int, int],
     ) -> dict[str, Any]:
         if not np.isfinite(images.numpy()).all():  # the last line of defence: nothing non-finite reaches the model
             raise ScanError(session.scans[0].path, f"preprocessing of {session.session_id} produced non-finite values")
@@ -148,6 +149,7 @@ class SessionDataset(Dataset):
             "session_id": session.session_id,
             "targets": dict(session.targets),
             "skipped_scans": len(session.scans) - len(modalities),
+            "sample_key": key,  # (epoch, index): seeds what is drawn for this sample later (AugmentingCollate)
         }
         if label is not None:
             sample["label"] = label
