@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.plugins.io import CheckpointIO
+
+from brainfm_lightning.plugins import AtomicCheckpointIO
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 TOOL_GROUPS = ("data", "modalities", "evaluate")
@@ -35,14 +42,60 @@ class ConfigurationError(Exception):
     """A config value that cannot work, found while building the model, data or trainer."""
 
 
+def pin_loggers_to_slurm_job(trainer_config: Namespace) -> None:
+    """Under Slurm, tie the run's loggers to the job, so a requeued job continues the same run.
+
+    A requeued job keeps its ``SLURM_JOB_ID``: CSV and TensorBoard loggers get it as ``version`` (the same
+    ``version_<job>`` folder, and with it the same ``checkpoints/`` folder, whose ``ModelCheckpoint`` then restores
+    its best-k bookkeeping), a W&B logger as ``id`` (Lightning's ``WandbLogger`` resumes an existing id). The default
+    logger (none configured) becomes such a CSV logger unless TensorBoard is installed, which Lightning already pins.
+    Versions and ids set in the config are kept; outside Slurm and in interactive allocations nothing changes.
+
+    Args:
+        trainer_config: The ``trainer`` section of the parsed config, changed in place.
+    """
+    job = SLURMEnvironment.job_id()
+    if job is None:
+        return
+    logger = trainer_config.get("logger")
+    if logger is None or logger is True:
+        if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+            return
+        save_dir = trainer_config.get("default_root_dir") or os.getcwd()
+        logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=save_dir))
+    for entry in logger if isinstance(logger, list) else [logger]:
+        if not isinstance(entry, Namespace) or not entry.get("class_path"):
+            continue
+        init_args = entry.get("init_args") or Namespace()
+        kind = entry["class_path"].rsplit(".", 1)[-1]
+        if kind in ("CSVLogger", "TensorBoardLogger") and init_args.get("version") is None:
+            init_args["version"] = job
+        elif kind == "WandbLogger" and init_args.get("id") is None and init_args.get("version") is None:
+            init_args["id"] = str(job)
+        entry["init_args"] = init_args
+    trainer_config["logger"] = logger
+
+
 class BrainFMCLI(LightningCLI):
-    """LightningCLI in omegaconf mode, with models and datamodules chosen by ``class_path``."""
+    """LightningCLI in omegaconf mode, with models and datamodules chosen by ``class_path``.
+
+    Every run writes checkpoints atomically (:class:`AtomicCheckpointIO`, unless the config names another
+    ``CheckpointIO``), and under Slurm logs to the job's run (:func:`pin_loggers_to_slurm_job`).
+    """
 
     def instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if config is not None and config.get("trainer") is not None:
+            pin_loggers_to_slurm_job(config["trainer"])
         try:
             super().instantiate_classes()
         except (ValueError, FileNotFoundError) as error:  # constructors name the bad value; no traceback needed
             raise ConfigurationError(str(error)) from error
+        config_init = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
+        plugins = (config_init or {}).get("trainer", {}).get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # Lightning's default, not a choice
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         net, crop = getattr(self.model, "net", None), getattr(self.datamodule, "crop_size", None)
         if net is not None and crop is not None and tuple(crop) != tuple(net.img_size):
             raise ConfigurationError(f"data.crop_size {tuple(crop)} differs from the network's img_size "
@@ -60,7 +113,7 @@ class BrainFMCLI(LightningCLI):
 
 def run_lightning(argv: Sequence[str] | None) -> None:
     """Run LightningCLI on ``argv`` (``None``: the process's own arguments)."""
-    from brainfm_lightning.callbacks import LoggerSaveConfigCallback, SlurmRequeue
+    from brainfm_lightning.callbacks import FinalCheckpoint, LoggerSaveConfigCallback, SlurmRequeue
 
     BrainFMCLI(
         LightningModule,
@@ -72,7 +125,8 @@ def run_lightning(argv: Sequence[str] | None) -> None:
         save_config_kwargs={"overwrite": True},
         args=None if argv is None else list(argv),
         auto_configure_optimizers=False,
-        trainer_defaults={"callbacks": [SlurmRequeue()]},  # appended to the configured callbacks; no-op off Slurm
+        # appended to the configured callbacks: requeue on Slurm (no-op elsewhere), last.ckpt = the final state
+        trainer_defaults={"callbacks": [SlurmRequeue(), FinalCheckpoint()]},
     )
 
 

@@ -1,5 +1,6 @@
 """Lightning callbacks."""
 
+from brainfm_lightning.callbacks.final_checkpoint import FinalCheckpoint
 from brainfm_lightning.callbacks.loop_timing import LoopTiming, StepTiming
 from brainfm_lightning.callbacks.prediction_writer import EmbeddingWriter
 from brainfm_lightning.callbacks.reconstruction_montage import ReconstructionMontage, collapse_metrics
@@ -10,6 +11,7 @@ from brainfm_lightning.callbacks.wandb_config import LoggerSaveConfigCallback
 
 __all__ = [
     "EmbeddingWriter",
+    "FinalCheckpoint",
     "LoggerSaveConfigCallback",
     "LoopTiming",
     "ReconstructionMontage",

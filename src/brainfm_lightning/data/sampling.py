@@ -85,8 +85,14 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         # Lightning swaps in a plain sampler for overfit_batches; that sampler has no position to restore
-        if isinstance(self.sampler, EpochSampler):
-            self.sampler.resume_at = (int(state["epoch"]), int(state["batches"]))
+        if not isinstance(self.sampler, EpochSampler):
+            return
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= len(self):  # saved after the epoch's last batch: the resumed run starts the next epoch
+            epoch, batches = epoch + 1, 0
+        # Lightning creates the resumed iterator before it calls set_epoch, and workers draw indices at once
+        self.sampler.set_epoch(epoch)
+        self.sampler.resume_at = (epoch, batches) if batches else None
 
 
 def bucketed_order(

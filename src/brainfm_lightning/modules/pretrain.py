@@ -12,7 +12,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from brainfm_lightning.losses import covariance_loss, masked_mse_loss, pretraining_loss, variance_loss
 from brainfm_lightning.models import MAEOutput, ModalityMAE
 from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin, injected_hparams_to_ignore
-from brainfm_lightning.modules.schedule import cosine_with_warmup, parameter_groups
+from brainfm_lightning.modules.schedule import cosine_with_warmup, parameter_groups, stepping_batches
 from brainfm_lightning.modules.skipping import SkippedBatchMixin
 
 
@@ -165,7 +165,7 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(parameter_groups(self.net, self.hparams.weight_decay))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = stepping_batches(self.trainer)
         warmup = self.hparams.warmup_steps
         warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
         scheduler = cosine_with_warmup(optimizer, total, warmup_steps, self.hparams.min_lr_ratio)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
 import torch
+
+# Lightning warns whenever a module overrides a batch hook and a datamodule is passed; this one is meant to run
+warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
 
 
 class SkippedBatchMixin(L.LightningModule):

@@ -13,7 +13,7 @@ from torch import nn
 from brainfm_lightning.models import ModalityMAE
 from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin
 from brainfm_lightning.modules.pretrained import EMBEDDING_PREFIXES, LoadReport, load_pretrained
-from brainfm_lightning.modules.schedule import cosine_with_warmup
+from brainfm_lightning.modules.schedule import cosine_with_warmup, stepping_batches
 from brainfm_lightning.modules.skipping import SkippedBatchMixin
 
 FreezeMode = Literal["none", "partial", "full"]
@@ -118,7 +118,7 @@ class TransferModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         optimizer = self.optimizer_factory(self.parameter_groups(hp.weight_decay, hp.layer_decay))
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = stepping_batches(self.trainer)
         warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
         scheduler = cosine_with_warmup(optimizer, total, warmup, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

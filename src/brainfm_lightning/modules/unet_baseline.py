@@ -17,7 +17,7 @@ from torchmetrics import MeanMetric
 from brainfm_lightning.evaluation import SEGMENTATION_METRICS
 from brainfm_lightning.models.patch_embed import to_3tuple
 from brainfm_lightning.modules.modality_embedding import injected_hparams_to_ignore
-from brainfm_lightning.modules.schedule import cosine_with_warmup
+from brainfm_lightning.modules.schedule import cosine_with_warmup, stepping_batches
 from brainfm_lightning.modules.segmentation import SegmentationModule
 from brainfm_lightning.modules.transfer import check_optimization
 
@@ -201,7 +201,7 @@ class UNetBaselineModule(SegmentationModule):
         exempt = [p for p in self.parameters() if p.requires_grad and p.ndim <= 1]  # biases and norms
         optimizer = self.optimizer_factory([{"params": decayed, "weight_decay": hp.weight_decay},
                                             {"params": exempt, "weight_decay": 0.0}])
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = stepping_batches(self.trainer)
         warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
         scheduler = cosine_with_warmup(optimizer, total, warmup, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
