@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Pinned first so that no CUDA build of torch is pulled in by lightning/monai/transformers.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint bench clean test-slurm compare
+.PHONY: install demo test test-fast lint bench clean test-slurm slurm-deps compare
 
 install: $(STAMP)
 
@@ -21,12 +21,20 @@ $(STAMP): setup.cfg pyproject.toml
 demo: install
 	$(VENV)/bin/brainfm fit --config configs/pretrain/quickstart.yaml
 
-test: install
+test: install slurm-deps
 	$(PY) -m pytest -q tests
+
+# The Slurm tests (part of `make test`) run a real single-node cluster; as root, install its daemons when missing.
+slurm-deps:
+	@if [ "$$(id -u)" = 0 ] && ! { [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ]; }; then \
+		echo "installing slurm-wlm and munge for the Slurm tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
+	fi
 
 # A real single-node Slurm (slurm-wlm + munge, installed if missing; needs root) runs scripts/slurm/pretrain.sbatch
 # with 2 CPU ranks, preempts it with SIGUSR1 and checks the requeued job resumes (~3 min).
-test-slurm: install
+test-slurm: install slurm-deps
 	$(PY) -m pytest -q -m slurm tests/slurm
 
 lint: install
@@ -35,6 +43,7 @@ lint: install
 bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/loader.py --out loader-results.json
+	$(PY) benchmarks/end_to_end.py --out bench-end-to-end.json
 
 # BrainFM (pretrained, from scratch) vs a fixed-channel U-Net on a SYNTHETIC 4 mm demo set, with all modalities and
 # each one missing: writes compare/results.md and .csv (~20 min on 2 CPU cores; e.g. COMPARE_ARGS="--steps 600").

@@ -41,7 +41,7 @@ VARIANTS = {
 }
 
 
-def fit_timings(config: str, steps: int, root: Path, extra: list[str]) -> tuple[list, dict]:
+def fit_timings(configs: list[str], steps: int, root: Path, extra: list[str]) -> tuple[list, dict]:
     """Run ``brainfm fit`` and return LoopTiming's per-batch records and the network's config."""
     captured = []
 
@@ -52,7 +52,8 @@ def fit_timings(config: str, steps: int, root: Path, extra: list[str]) -> tuple[
 
     original, cli.BrainFMCLI = cli.BrainFMCLI, CapturingCLI
     try:
-        cli.run_lightning(["fit", "--config", config, "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
+        config_args = [part for config in configs for part in ("--config", config)]
+        cli.run_lightning(["fit", *config_args, "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
                            "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
                            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root),
                            *extra])
@@ -61,7 +62,7 @@ def fit_timings(config: str, steps: int, root: Path, extra: list[str]) -> tuple[
     run = captured[0]
     timing = next((c for c in run.trainer.callbacks if isinstance(c, LoopTiming)), None)
     if timing is None:
-        raise SystemExit(f"{config} has no LoopTiming callback; add brainfm_lightning.callbacks.LoopTiming")
+        raise SystemExit(f"{configs} has no LoopTiming callback; add brainfm_lightning.callbacks.LoopTiming")
     return list(timing.history), dict(run.model.net.config)
 
 
@@ -88,7 +89,8 @@ def bare_step_ms(net_config: dict, shapes: list[tuple[int, ...]], repeats: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/pretrain/quickstart.yaml")
+    parser.add_argument("--config", action="append", help="Fit config(s), composed in order (default: the "
+                        "quickstart).")
     parser.add_argument("--steps", type=int, default=80, help="Optimizer steps per fit (default: %(default)s).")
     parser.add_argument("--warmup", type=int, default=15, help="First batches left out (default: %(default)s).")
     parser.add_argument("--repeats", type=int, default=5, help="Bare steps per batch shape (default: %(default)s).")
@@ -97,6 +99,7 @@ def main() -> None:
                         help="Extra fit overrides for every variant, e.g. trainer.accelerator=gpu.")
     parser.add_argument("--out", type=Path, default=Path("bench-end-to-end.json"))
     args = parser.parse_args()
+    args.config = args.config or ["configs/pretrain/quickstart.yaml"]
     extra = [part for item in args.set for part in (f"--{item.split('=', 1)[0]}", item.split("=", 1)[1])]
     device = "cuda" if any(s.startswith("trainer.accelerator=gpu") for s in args.set) else "cpu"
     results: dict = {"config": args.config, "steps": args.steps, "warmup": args.warmup, "overrides": args.set,
@@ -118,8 +121,8 @@ def main() -> None:
                 "compute_ms": statistics.mean(step.step_ms for step in steady),
                 "batches": len(steady), "batch_shapes": {str(k): v for k, v in Counter(shapes).items()},
             }
-    print(f"{args.config}: steady state of {args.steps} steps after {args.warmup} warm-up batches, validation off; "
-          f"bare step = network + losses + fused AdamW on the same batch shapes")
+    print(f"{' + '.join(args.config)}: steady state of {args.steps} steps after {args.warmup} warm-up batches, "
+          f"validation off; bare step = network + losses + fused AdamW on the same batch shapes")
     print(f"{'variant':<20}{'fit ms':>9}{'wait ms':>9}{'step ms':>9}{'bare ms':>9}{'bare/fit':>10}")
     for name, row in results["variants"].items():
         print(f"{name:<20}{row['fit_step_ms']:>9.1f}{row['data_wait_ms']:>9.1f}{row['compute_ms']:>9.1f}"

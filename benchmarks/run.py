@@ -199,6 +199,58 @@ def step_time_vs_modalities(net: ModalityMAE, repeats: int, sessions: int) -> di
     }
 
 
+def bf16_vs_fp32(preset: str, modalities_per_session: list[int], repeats: int, **net_options: object) -> dict:
+    """Training step under bf16 autocast against fp32 on the same weights and batch, alternating (CPU).
+
+    Also how far bf16 moves the step: relative difference of the loss and cosine similarity of the gradients.
+    """
+    torch.manual_seed(0)
+    nets = {name: ModalityMAE.from_preset(preset, **net_options) for name in ("fp32", "bf16")}
+    nets["bf16"].load_state_dict(nets["fp32"].state_dict())
+    batch = make_batch(nets["fp32"], modalities_per_session, max(modalities_per_session))
+    autocast = {"fp32": None, "bf16": torch.bfloat16}
+    losses, gradients = {}, {}
+    for name, net in nets.items():
+        generator = torch.Generator().manual_seed(0)  # the same mask for both
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast[name] is not None):
+            out = net(*batch, generator)
+            loss = masked_mse_loss(out.pred_masked, out.target_masked)
+        loss.backward()
+        losses[name] = float(loss)
+        gradients[name] = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+        net.zero_grad(set_to_none=True)
+    optimizers = {name: torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True) for name, net in nets.items()}
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    for _ in range(WARMUP_STEPS):
+        for name, net in nets.items():
+            train_step(net, optimizers[name], batch, autocast[name])
+    for _ in range(repeats):
+        for name, net in nets.items():
+            times[name].append(timed_step(net, optimizers[name], batch, autocast[name]))
+    paired = [fp32 / bf16 for fp32, bf16 in zip(times["fp32"], times["bf16"], strict=True)]
+    return {
+        "speedup": statistics.median(paired),
+        "fp32_ms": 1000 * statistics.median(times["fp32"]), "bf16_ms": 1000 * statistics.median(times["bf16"]),
+        "loss_relative_difference": abs(losses["bf16"] - losses["fp32"]) / abs(losses["fp32"]),
+        "gradient_cosine": float(torch.nn.functional.cosine_similarity(gradients["bf16"], gradients["fp32"], dim=0)),
+    }
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of a ``size``-square matmul in fp32 and bf16 (AMX/AVX-512 BF16 where the CPU has them)."""
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a @ b  # warm-up
+        elapsed = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            elapsed.append(time.perf_counter() - start)
+        rates[name] = 2 * size**3 / statistics.median(elapsed) / 1e9
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="small", help="Model preset (default: %(default)s).")
@@ -215,6 +267,9 @@ def main() -> None:
     net = ModalityMAE.from_preset(args.preset)
     results["model_flops_per_session"] = {str(k): 3 * forward_flops(net, [k]) for k in range(1, 5)}  # fwd + bwd
     results["step_time_vs_modalities"] = step_time_vs_modalities(net, args.repeats, sessions=2)
+    results["matmul_gflops"] = matmul_gflops()
+    results["bf16_vs_fp32"] = {args.preset: bf16_vs_fp32(args.preset, mixed, args.repeats),
+                               "base_64": bf16_vs_fp32("base", [3, 2], max(3, args.repeats // 2), img_size=64)}
 
     print(f"preset {args.preset}, fp32 CPU, {results['threads']} threads, median of {args.repeats}, alternating")
     for key, target in (("train_step_speedup_mixed", 1.5), ("train_step_speedup_uniform", 0.95)):
@@ -231,6 +286,13 @@ def main() -> None:
         gflops = results["model_flops_per_session"][k] / 1e9
         print(f"{k:>10} {gflops:>20.2f} {row['step_ms']:>9.1f} {row['measured_ratio']:>11.2f} "
               f"{row['flop_model_ratio']:>13.2f}")
+    rates = results["matmul_gflops"]
+    print(f"2048^2 matmul: fp32 {rates['fp32']:.0f} GFLOP/s, bf16 {rates['bf16']:.0f} GFLOP/s "
+          f"({rates['bf16'] / rates['fp32']:.1f}x)")
+    for name, row in results["bf16_vs_fp32"].items():
+        print(f"{'bf16 autocast step, ' + name:28} {row['speedup']:5.2f}x fp32 ({row['fp32_ms']:.0f} -> "
+              f"{row['bf16_ms']:.0f} ms); loss differs by {row['loss_relative_difference']:.1e} (relative), "
+              f"gradient cosine {row['gradient_cosine']:.4f}")
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
 

@@ -44,3 +44,27 @@ def test_gpu_script_names_a_missing_device():
         pytest.skip("a CUDA device is visible")
     result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu.py")], capture_output=True, text=True)
     assert result.returncode == 2 and "--device cuda: no CUDA device is visible" in result.stderr
+
+
+def test_bf16_comparison_reports_speed_and_how_far_bf16_moves_the_step():
+    from run import bf16_vs_fp32
+
+    row = bf16_vs_fp32("test", [2, 1], repeats=1)
+    assert row["fp32_ms"] > 0 and row["bf16_ms"] > 0 and row["speedup"] > 0
+    assert 0 < row["loss_relative_difference"] < 0.05  # bf16 rounds, but the loss stays close
+    assert row["gradient_cosine"] > 0.9
+
+
+def test_end_to_end_benchmark_times_fit_and_bare_steps_on_the_same_shapes(demo_root, tmp_path):
+    out = tmp_path / "e2e.json"
+    command = [sys.executable, str(BENCHMARKS / "end_to_end.py"), "--config", "configs/pretrain/quickstart.yaml",
+               "--config", "configs/model/test.yaml", "--steps", "4", "--warmup", "1", "--repeats", "1",
+               "--variants", "shipped", "no_augmentation", "--out", str(out),
+               "--set", f"data.root={demo_root}", "data.n_subjects=6", "data.demo_spacing=4.0", "data.num_workers=0"]
+    subprocess.run(command, check=True, cwd=BENCHMARKS.parent, capture_output=True, timeout=300)
+    results = json.loads(out.read_text())
+    for name in ("shipped", "no_augmentation"):
+        row = results["variants"][name]
+        assert row["batches"] == 3 and sum(row["batch_shapes"].values()) == 3
+        assert row["ratio"] == pytest.approx(row["bare_step_ms"] / row["fit_step_ms"])
+        assert row["fit_step_ms"] == pytest.approx(row["data_wait_ms"] + row["compute_ms"])

@@ -69,7 +69,7 @@ def test_csv_logger_run_saves_montages_and_collapse_metrics(demo_root, tmp_path,
     args = tiny_fit_args(demo_root, "--config", str(CONFIGS / "logger/csv.yaml"),
                          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
                          "--trainer.max_steps", "4", "--trainer.max_epochs", "2",
-                         "--trainer.enable_progress_bar", "false")
+                         "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false")
     assert main(args) == 0
     run = tmp_path / "runs" / "csv" / "version_0"
     montages = sorted(p.name for p in (run / "montages").glob("*.png"))
