@@ -18,7 +18,7 @@ from conftest import CONFIGS, REPO
 pytestmark = pytest.mark.slurm
 
 TEMPLATE = REPO / "scripts/slurm/pretrain.sbatch"
-MAX_STEPS = 40
+MAX_STEPS = 20
 SIGNAL_AFTER_STEP = 4  # preempt once this many optimizer steps are logged
 TRAIN_SESSIONS = 4  # 6 demo subjects, val_fraction 0.3 -> 2 held out; 2 per rank, so the shares can be disjoint
 
@@ -143,6 +143,8 @@ def test_preempted_ddp_job_requeues_resumes_and_finishes_at_max_steps(slurm_clus
     assert after == list(range(preempted_at + 1, MAX_STEPS + 1))
     ends = [r for r in records if r["event"] == "train_end"]
     assert sorted((r["rank"], r["global_step"]) for r in ends) == [(0, MAX_STEPS), (1, MAX_STEPS)]
+    # the restarted job logged to the first one's version (the job id), so its checkpoint folder carried over
+    assert sorted(p.name for p in (run_dir / "lightning_logs").iterdir()) == [f"version_{job_id}"]
     # the step checkpoints of the resumed run, the last one at MAX_STEPS
     saved = {p.name: torch.load(p, map_location="cpu", weights_only=False)["global_step"]
              for p in (tmp_path / "steps").glob("*.ckpt")}
