@@ -78,13 +78,14 @@ def test_a_requeued_job_continues_the_wandb_run_folder_and_best_checkpoint(demo_
 
     class ObservingCLI(cli.BrainFMCLI):
         def before_fit(self) -> None:
-            if not requeues:  # the first start: preempted during the 5th step
+            if not requeues and not seen:  # the first start: preempted during the 5th step
                 self.trainer.callbacks.append(SignalAtStep(4))
 
         def after_fit(self) -> None:
             (best,) = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
             seen.append({"id": self.trainer.logger.experiment.id, "dirpath": best.dirpath,
-                         "best_score": best.best_model_score, "step": self.trainer.global_step})
+                         "best_score": best.best_model_score, "step": self.trainer.global_step,
+                         "weights": {k: v.clone() for k, v in self.model.state_dict().items()}})
             wandb.finish()
 
     monkeypatch.setattr(cli, "BrainFMCLI", ObservingCLI)
@@ -116,6 +117,13 @@ def test_a_requeued_job_continues_the_wandb_run_folder_and_best_checkpoint(demo_
     assert torch.is_tensor(second["best_score"]) and second["best_score"] <= saved_best
     runs = sorted(p.name for p in (tmp_path / "runs/wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(name.endswith("-4321") for name in runs)
+
+    # the resume from hpc_ckpt_1.ckpt (in the middle of epoch 1) ends where an uninterrupted run does, bitwise
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
+    reference = [*args, "--trainer.default_root_dir", str(tmp_path / "reference"),
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "reference_runs")]
+    assert cli.main(reference) == 0 and seen[2]["step"] == 9
+    assert all(torch.equal(seen[2]["weights"][k], v) for k, v in second["weights"].items())
 
 
 @pytest.fixture(autouse=True)
