@@ -13,7 +13,8 @@ def test_offline_wandb_run_has_config_losses_and_montage(demo_root, tmp_path, mo
     args = tiny_fit_args(demo_root, "--config", str(CONFIGS / "logger/wandb.yaml"),
                          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
                          "--trainer.default_root_dir", str(tmp_path / "runs"),
-                         "--trainer.max_steps", "2", "--trainer.max_epochs", "1",
+                         "--trainer.max_steps", "2", "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1",
+                         "--trainer.check_val_every_n_epoch", "1",
                          "--trainer.enable_progress_bar", "false")
     try:
         assert main(args) == 0

@@ -1,7 +1,7 @@
 """Lightning callbacks."""
 
 from brainfm_lightning.callbacks.final_checkpoint import FinalCheckpoint
-from brainfm_lightning.callbacks.loop_timing import LoopTiming, StepTiming
+from brainfm_lightning.callbacks.loop_timing import LoopTiming, StepTiming, is_logging_step
 from brainfm_lightning.callbacks.prediction_writer import EmbeddingWriter
 from brainfm_lightning.callbacks.reconstruction_montage import ReconstructionMontage, collapse_metrics
 from brainfm_lightning.callbacks.slurm_requeue import SlurmRequeue
@@ -20,5 +20,6 @@ __all__ = [
     "TrainingSummary",
     "VICRegWarmup",
     "collapse_metrics",
+    "is_logging_step",
     "warmup_scale",
 ]

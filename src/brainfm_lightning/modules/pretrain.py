@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
+from brainfm_lightning.callbacks.loop_timing import is_logging_step
 from brainfm_lightning.losses import covariance_loss, masked_mse_loss, pretraining_loss, variance_loss
 from brainfm_lightning.models import MAEOutput, ModalityMAE
 from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin, injected_hparams_to_ignore
@@ -108,7 +109,8 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
             self._log_skipped(batch)
             return self.skipped_step_loss()
         batch_size = len(batch["session_ids"])
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False, batch_size=batch_size)
+        if is_logging_step(self.trainer):  # per-step values; each self.log costs ~0.5 ms even when not written
+            self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False, batch_size=batch_size)
         self.log("train/loss_mae_epoch", terms["loss_mae"], on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=batch_size, sync_dist=True)
         self._log_skipped(batch)
