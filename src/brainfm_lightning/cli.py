@@ -91,15 +91,20 @@ class BrainFMCLI(LightningCLI):
             super().instantiate_classes()
         except (ValueError, FileNotFoundError) as error:  # constructors name the bad value; no traceback needed
             raise ConfigurationError(str(error)) from error
+        if getattr(self, "trainer", None) is not None:  # tools build the model and data without one
+            self._use_atomic_checkpoint_io()
+        net, crop = getattr(self.model, "net", None), getattr(self.datamodule, "crop_size", None)
+        if net is not None and crop is not None and tuple(crop) != tuple(net.img_size):
+            raise ConfigurationError(f"data.crop_size {tuple(crop)} differs from the network's img_size "
+                                     f"{tuple(net.img_size)} (model.net.init_args.img_size); set them equal")
+
+    def _use_atomic_checkpoint_io(self) -> None:
+        """:class:`AtomicCheckpointIO` unless the config's ``trainer.plugins`` name a ``CheckpointIO``."""
         config_init = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
         plugins = (config_init or {}).get("trainer", {}).get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # Lightning's default, not a choice
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        net, crop = getattr(self.model, "net", None), getattr(self.datamodule, "crop_size", None)
-        if net is not None and crop is not None and tuple(crop) != tuple(net.img_size):
-            raise ConfigurationError(f"data.crop_size {tuple(crop)} differs from the network's img_size "
-                                     f"{tuple(net.img_size)} (model.net.init_args.img_size); set them equal")
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse's LightningArgumentParser
         parser.add_argument("--save_modality_table", type=str | None, default=None,
