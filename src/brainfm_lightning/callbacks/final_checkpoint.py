@@ -18,6 +18,7 @@ class FinalCheckpoint(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step == 0:
             return
+        # ModelCheckpoint's protected members, as its subclasses use them: when it last saved, and how it saves last
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.save_last \
                     and callback._last_global_step_saved != trainer.global_step:
