@@ -55,16 +55,32 @@ def test_bf16_comparison_reports_speed_and_how_far_bf16_moves_the_step():
     assert row["gradient_cosine"] > 0.9
 
 
-def test_end_to_end_benchmark_times_fit_and_bare_steps_on_the_same_shapes(demo_root, tmp_path):
+def test_end_to_end_summary_leaves_out_warm_up_and_the_batches_after_a_probe():
+    from end_to_end import summarise
+
+    from brainfm_lightning.callbacks import StepTiming
+
+    history = [StepTiming(data_wait_ms=10.0 * n, step_ms=100.0, modalities_per_session=[1, 2]) for n in range(8)]
+    bare = {2: 50.0, 5: 70.0}  # probes after batches 2 and 5 sit in the waits of batches 3 and 6
+    row = summarise(history, bare, warmup=2)
+    kept = [2, 4, 5, 7]
+    assert row["fit_batches"] == len(kept) and row["bare_steps"] == 2
+    assert row["fit_step_ms"] == pytest.approx(sum(10.0 * n + 100.0 for n in kept) / len(kept))
+    assert row["bare_step_ms"] == pytest.approx(60.0)
+    assert row["ratio"] == pytest.approx(60.0 / row["fit_step_ms"])
+    assert row["batch_shapes"] == {"(2, 1)": 8}
+
+
+def test_end_to_end_benchmark_runs_the_fit_with_interleaved_bare_steps(demo_root, tmp_path):
     out = tmp_path / "e2e.json"
     command = [sys.executable, str(BENCHMARKS / "end_to_end.py"), "--config", "configs/pretrain/quickstart.yaml",
-               "--config", "configs/model/test.yaml", "--steps", "4", "--warmup", "1", "--repeats", "1",
+               "--config", "configs/model/test.yaml", "--steps", "9", "--warmup", "1",
                "--variants", "shipped", "no_augmentation", "--out", str(out),
                "--set", f"data.root={demo_root}", "data.n_subjects=6", "data.demo_spacing=4.0", "data.num_workers=0"]
     subprocess.run(command, check=True, cwd=BENCHMARKS.parent, capture_output=True, timeout=300)
     results = json.loads(out.read_text())
     for name in ("shipped", "no_augmentation"):
         row = results["variants"][name]
-        assert row["batches"] == 3 and sum(row["batch_shapes"].values()) == 3
-        assert row["ratio"] == pytest.approx(row["bare_step_ms"] / row["fit_step_ms"])
+        assert row["bare_steps"] == 3 and row["fit_batches"] == 6  # batches 1-8, less the two after a probe
         assert row["fit_step_ms"] == pytest.approx(row["data_wait_ms"] + row["compute_ms"])
+        assert 0 < row["ratio"] < 10
