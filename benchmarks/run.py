@@ -216,8 +216,8 @@ def bf16_vs_fp32(preset: str, modalities_per_session: list[int], repeats: int, *
             out = net(*batch, generator)
             loss = masked_mse_loss(out.pred_masked, out.target_masked)
         loss.backward()
-        losses[name] = float(loss)
-        gradients[name] = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+        losses[name] = float(loss.detach())
+        gradients[name] = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]).double()
         net.zero_grad(set_to_none=True)
     optimizers = {name: torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True) for name, net in nets.items()}
     times: dict[str, list[float]] = {name: [] for name in nets}
