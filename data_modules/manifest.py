@@ -154,9 +154,9 @@ class ManifestDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """With ``prepare_cache``, store every session not yet in the cache (atomic per session, keyed by settings)."""
-        cache = self.cache
         if not self.prepare_cache:
             return
+        cache = self.cache
         if cache is None:
             log.info("prepare_cache is set but cache_dir is not: reading NIfTI files (set data.cache_dir to cache)")
             return
@@ -191,7 +191,7 @@ class ManifestDataModule(L.LightningDataModule):
                                group_keys=group_keys, batch_size=self.batch_size)
         workers = self._workers()
         on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
-        # workers stay up across epochs (re-forking them costs ~1 s an epoch); pinned batches copy to a GPU async
+        # workers stay up across epochs instead of being forked again for each; pinned batches copy to a GPU async
         collate = pad_collate
         if train and self.augment and self.augment_on == "collate":
             collate = AugmentingCollate(BatchAugmentation(), self.seed)
