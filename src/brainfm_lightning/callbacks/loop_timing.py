@@ -34,8 +34,8 @@ class StepTiming:
 
 class LoopTiming(L.Callback):
     """Logs ``perf/data_wait_ms``, ``perf/step_ms``, ``perf/augment_ms`` (device augmentation, when the datamodule
-    runs it), ``perf/sessions_per_s`` and ``perf/tokens_per_s`` for every training batch, and prints a one-line
-    summary when fit ends.
+    runs it), ``perf/sessions_per_s`` and ``perf/tokens_per_s`` on the training steps the loggers write (every batch
+    is timed and kept in :attr:`history`), and prints a one-line summary when fit ends.
 
     A large ``perf/data_wait_ms`` against ``perf/step_ms`` means the loader starves the model: more workers, the
     prepared cache, or augmentation on the device. The first ``skip_first`` batches (worker start-up, allocation)
@@ -110,7 +110,10 @@ class LoopTiming(L.Callback):
             rank_zero_info(line)
 
     def summary(self) -> str:
-        """``data wait 3% of step time (2.1 of 71.0 ms per batch; ...)`` over the counted batches, or ``""``."""
+        """``loop timing over N batches: data wait 3% of step time (...)`` over the counted batches, or ``""``.
+
+        The share is the wait over wait plus compute: the part of each batch's period the model was not computing.
+        """
         if not self._counted:
             return ""
         wait = self._totals["data_wait_ms"] / self._counted
