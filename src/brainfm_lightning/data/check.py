@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from brainfm_lightning.data.adapters import INDEXERS, LAYOUTS, detect_layout
-from brainfm_lightning.data.io import ScanError, load_scan
+from brainfm_lightning.data.io import ScanError, load_label, load_scan
 from brainfm_lightning.data.manifest import ManifestError, Problem, Session, read_manifest
 
 CHECK_LAYOUTS = ("auto", "manifest", *LAYOUTS)
@@ -112,7 +112,8 @@ def _index(path: Path, layout: str, problems: list[Problem]) -> list[Session]:
 def _check_file(job: tuple[Path, bool], max_voxels: int, max_anisotropy: float) -> Problem | None:
     path, is_label = job
     try:
-        load_scan(path, max_voxels=max_voxels, max_anisotropy=max_anisotropy, allow_constant=is_label)
+        load = load_label if is_label else load_scan  # the same checks training applies
+        load(path, max_voxels=max_voxels, max_anisotropy=max_anisotropy)
     except ScanError as error:
         return Problem(error.path, f"label mask: {error.reason}" if is_label else error.reason)
     return None

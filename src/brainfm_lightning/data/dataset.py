@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from brainfm_lightning.data.cache import PreparedCache, PreparedSession
-from brainfm_lightning.data.io import ScanError, load_scan
+from brainfm_lightning.data.io import ScanError, load_label, load_scan
 from brainfm_lightning.data.manifest import Session
 from brainfm_lightning.data.preprocess import SessionPreprocessor
 
@@ -99,7 +99,7 @@ class SessionDataset(Dataset):
             if session.label_path is None:
                 raise ScanError(session.scans[0].path, f"session {session.session_id} has no label mask row")
             try:
-                label = load_scan(session.label_path, allow_constant=True, **self.load_kwargs)
+                label = load_label(session.label_path, **self.load_kwargs)
             except ScanError as error:
                 if self.policy == "error":
                     raise

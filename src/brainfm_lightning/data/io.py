@@ -63,7 +63,8 @@ def load_scan(
             spacing = tuple(round(float(z), 4) for z in zooms)
             raise ScanError(path, f"voxel spacing {spacing} mm is more anisotropic than {max_anisotropy}:1")
         image = nib.as_closest_canonical(image)
-        data = np.asarray(image.dataobj, dtype=np.float32)
+        # reorienting an LPS/LSA/... scan gives a flipped view (negative strides) that torch.from_numpy refuses
+        data = np.ascontiguousarray(np.asarray(image.dataobj, dtype=np.float32))
     except ScanError:
         raise
     except Exception as error:  # nibabel raises many types for broken or truncated files
@@ -74,3 +75,29 @@ def load_scan(
     if not allow_constant and float(data.max()) == float(data.min()):
         raise ScanError(path, f"constant volume (every voxel is {float(data.min())})")
     return data, image.affine
+
+
+def load_label(path: str | Path, max_voxels: int = 512**3, max_anisotropy: float = 8.0,
+               max_label: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """Load a label mask like :func:`load_scan` (constant masks allowed), checked and rounded to integers.
+
+    Masks stored as floats (``0.999`` for 1 after a resampling or a scaled dtype) are rounded, not truncated.
+
+    Returns:
+        ``(mask, affine)``: uint8 ``[X, Y, Z]`` and the 4x4 RAS affine.
+
+    Raises:
+        ScanError: As :func:`load_scan`, and for values more than 0.01 from an integer or outside
+            ``[0, max_label]``.
+    """
+    data, affine = load_scan(path, max_voxels=max_voxels, max_anisotropy=max_anisotropy, allow_constant=True)
+    rounded = np.rint(data)
+    off_integer = np.abs(data - rounded) > 0.01
+    if off_integer.any():
+        example = float(data[off_integer][0])
+        raise ScanError(path, f"label mask holds non-integer values ({int(off_integer.sum())} voxels, e.g. "
+                              f"{example:g}); expected integer labels")
+    if rounded.min() < 0 or rounded.max() > max_label:
+        raise ScanError(path, f"label values range over [{rounded.min():g}, {rounded.max():g}]; expected "
+                              f"integers in [0, {max_label}]")
+    return rounded.astype(np.uint8), affine

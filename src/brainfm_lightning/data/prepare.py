@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from brainfm_lightning.data.cache import PreparedCache
 from brainfm_lightning.data.dataset import BadScanPolicy
-from brainfm_lightning.data.io import ScanError, load_scan
+from brainfm_lightning.data.io import ScanError, load_label, load_scan
 from brainfm_lightning.data.manifest import Problem, Session
 from brainfm_lightning.data.preprocess import SessionPreprocessor
 from brainfm_lightning.overrides import parse_set_overrides
@@ -80,7 +80,7 @@ def prepare_session(session: Session, cache: PreparedCache, policy: BadScanPolic
     label, label_problems = None, []
     if volumes and session.label_path is not None:
         try:
-            label = load_scan(session.label_path, allow_constant=True, **load_kwargs)
+            label = load_label(session.label_path, **load_kwargs)
         except ScanError as error:
             if policy == "error" and with_label:
                 raise
