@@ -148,6 +148,8 @@ def test_training_lowers_the_loss_and_evaluation_logs_metrics(pretrained, demo_m
     assert 0.0 <= metrics["test/dice"] <= 1.0 and math.isfinite(metrics["test/hd95"])
     rows = list(csv.DictReader((tmp_path / "test_metrics.csv").open()))
     assert [r["case"] for r in rows][-3:] == ["mean", "std", "n_valid"] and len(rows) == 1 + 3  # 1 held-out case
+    assert {"lesion_f1", "reference_lesions", "predicted_lesions", "reference_volume_ml"} <= set(rows[0])
+    assert float(rows[0]["reference_lesions"]) >= 0 and float(rows[0]["predicted_volume_ml"]) >= 0
 
 
 def test_robustness_scores_every_modality_subset_of_a_session(pretrained, demo_manifest, tmp_path):

@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from brainfm_lightning.evaluation import SEGMENTATION_METRICS, segmentation_metrics, segmentation_rows
+from brainfm_lightning.evaluation.lesions import lesion_metrics
 from brainfm_lightning.evaluation.metrics import write_metrics_csv
 from brainfm_lightning.models import ModalityMAE
 from brainfm_lightning.models.seg_head import ModalityUNETR
@@ -148,25 +149,34 @@ class SegmentationModule(TransferModule):
         self.log_training_loss(loss, len(batch["session_ids"]))
         return loss
 
-    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> dict[str, torch.Tensor]:
+    def _evaluate(
+        self, batch: Mapping[str, Any], stage: str
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Log the stage's loss and metrics; returns the per-case metrics, the predicted and the true label maps."""
         label = self._label(batch)
         logits = self.predict_logits(batch["images"], self.embed_batch(batch), batch["present"])
         batch_size = len(batch["session_ids"])
         self.log(f"{stage}/loss", self.loss(logits, label), batch_size=batch_size, sync_dist=True)
-        metrics = segmentation_metrics(logits.argmax(1, keepdim=True), label, self.hparams.num_classes, self.spacing)
+        prediction = logits.argmax(1, keepdim=True)
+        metrics = segmentation_metrics(prediction, label, self.hparams.num_classes, self.spacing)
         for name, values in metrics.items():
             mean = self.metric_means[f"{stage}_{name}"]
             mean.update(values.nanmean(dim=1).to(self.device))  # per case, over foreground classes
             self.log(f"{stage}/{name}", mean, on_step=False, on_epoch=True, batch_size=batch_size)
-        return metrics
+        return metrics, prediction, label
 
     def validation_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
         if batch is not None:
             self._evaluate(batch, "val")
 
     def test_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
-        if batch is not None:
-            self._test_rows += segmentation_rows(batch["session_ids"], self._evaluate(batch, "test"))
+        if batch is None:
+            return
+        metrics, prediction, label = self._evaluate(batch, "test")
+        rows = segmentation_rows(batch["session_ids"], metrics)
+        for row, predicted, truth in zip(rows, prediction.cpu().numpy(), label.cpu().numpy(), strict=True):
+            row.update(lesion_metrics(predicted[0], truth[0], self.spacing))  # foreground: any label above 0
+        self._test_rows += rows
 
     def on_test_epoch_end(self) -> None:
         log_dir = self.trainer.log_dir if self._trainer is not None else None

@@ -1,0 +1,55 @@
+"""Lesion-wise detection (connected components) and lesion volumes, as MS lesion challenges report them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+LESION_METRICS = ("lesion_f1", "lesion_tpr", "lesion_ppv", "reference_lesions", "predicted_lesions",
+                  "reference_volume_ml", "predicted_volume_ml")
+
+
+def lesion_metrics(
+    prediction: np.ndarray, reference: np.ndarray, spacing: float | Sequence[float] = 1.0
+) -> dict[str, float]:
+    """Lesion-wise detection between two binary masks of one case (foreground = any label above 0).
+
+    Lesions are the 26-connected components of each mask. A reference lesion is detected when at least one
+    predicted voxel overlaps it (``lesion_tpr`` = detected / reference lesions); a predicted lesion is a true
+    positive when it overlaps a reference lesion (``lesion_ppv`` = true / predicted lesions); ``lesion_f1`` is their
+    harmonic mean. Empty masks: with no reference and no predicted lesion F1 is 1 (nothing missed, nothing
+    invented) and TPR and PPV are NaN; with lesions on one side only, F1 is 0 and the ratio without a denominator is
+    NaN. Volumes are the foreground voxel counts times the voxel volume, in millilitres.
+
+    Args:
+        prediction: ``[X, Y, Z]`` label map (any integer or boolean type).
+        reference: ``[X, Y, Z]`` ground truth of the same shape.
+        spacing: Voxel spacing in mm (one value or one per axis).
+
+    Returns:
+        The :data:`LESION_METRICS`, as floats.
+    """
+    predicted, truth = np.asarray(prediction) > 0, np.asarray(reference) > 0
+    if predicted.shape != truth.shape:
+        raise ValueError(f"prediction {predicted.shape} and reference {truth.shape} differ in shape")
+    spacings = [float(spacing)] * 3 if isinstance(spacing, int | float) else [float(s) for s in spacing]
+    voxel_ml = math.prod(spacings) / 1000.0
+    connectivity = np.ones((3,) * predicted.ndim, dtype=bool)
+    truth_components, n_truth = ndimage.label(truth, structure=connectivity)
+    predicted_components, n_predicted = ndimage.label(predicted, structure=connectivity)
+    detected = len(np.unique(truth_components[predicted & truth]))  # reference lesions touched by a prediction
+    true_predicted = len(np.unique(predicted_components[predicted & truth]))
+    tpr = detected / n_truth if n_truth else math.nan
+    ppv = true_predicted / n_predicted if n_predicted else math.nan
+    if n_truth == 0 and n_predicted == 0:
+        f1 = 1.0
+    elif n_truth == 0 or n_predicted == 0 or tpr + ppv == 0:
+        f1 = 0.0
+    else:
+        f1 = 2 * tpr * ppv / (tpr + ppv)
+    return {"lesion_f1": f1, "lesion_tpr": tpr, "lesion_ppv": ppv, "reference_lesions": float(n_truth),
+            "predicted_lesions": float(n_predicted), "reference_volume_ml": float(truth.sum()) * voxel_ml,
+            "predicted_volume_ml": float(predicted.sum()) * voxel_ml}
