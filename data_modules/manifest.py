@@ -33,7 +33,8 @@ class ManifestDataModule(L.LightningDataModule):
     """Variable-modality sessions from a manifest, batched with padding.
 
     A ``split`` column (``train``/``val``/``test``) in the manifest chooses the splits; without it, a seeded
-    ``val_fraction`` of the subjects is held out for validation (and testing). Subclasses that find sessions
+    ``val_fraction`` of the subjects is held out for validation and a further ``test_fraction`` for testing (with
+    ``test_fraction`` 0, testing reuses the validation subjects). Subclasses that find sessions
     elsewhere (a folder tree) override :attr:`sessions` and :meth:`_check_manifest`, and pass the dataset root as
     ``manifest``, which then only names the source in messages.
 
@@ -47,7 +48,9 @@ class ManifestDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes, kept alive across epochs; ``None``: one fewer than the CPUs this
             process may use, shared among the node's ranks (:func:`default_num_workers`).
         prefetch_factor: Batches each worker prepares ahead.
-        val_fraction: Fraction of subjects held out when the manifest has no ``split`` column.
+        val_fraction: Fraction of subjects held out for validation when the manifest has no ``split`` column.
+        test_fraction: Further fraction held out for testing, never seen by checkpoint selection; 0: the test
+            stage reuses the validation subjects.
         seed: Seed of the split, the per-epoch shuffle and the random crops.
         bad_scan_policy: ``skip`` a bad scan with a warning naming it, or ``error`` at once.
         flip_probability: Left-right flip probability for training sessions.
@@ -76,6 +79,7 @@ class ManifestDataModule(L.LightningDataModule):
         num_workers: int | None = None,
         prefetch_factor: int = 2,
         val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
         seed: int = 0,
         bad_scan_policy: BadScanPolicy = "skip",
         flip_probability: float = 0.5,
@@ -94,6 +98,9 @@ class ManifestDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+        if not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+            raise ValueError(f"test_fraction must lie in [0, 1) and leave training subjects beside val_fraction "
+                             f"{val_fraction}, got {test_fraction}")
         if num_workers is not None and num_workers < 0:
             raise ValueError(f"num_workers must be >= 0 or None, got {num_workers}")
         if prefetch_factor < 1:
@@ -108,6 +115,7 @@ class ManifestDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
         self.seed = seed
         self.bad_scan_policy = bad_scan_policy
         self.flip_probability = flip_probability
@@ -143,9 +151,12 @@ class ManifestDataModule(L.LightningDataModule):
         subjects = sorted({s.subject for s in self.sessions})
         random.Random(self.seed).shuffle(subjects)
         n_val = math.ceil(self.val_fraction * len(subjects)) if self.val_fraction and len(subjects) > 1 else 0
-        held_out = set(subjects[:n_val])
-        val = [s for s in self.sessions if s.subject in held_out]
-        return {"train": [s for s in self.sessions if s.subject not in held_out], "val": val, "test": val}
+        n_test = math.ceil(self.test_fraction * len(subjects)) if self.test_fraction and len(subjects) > 2 else 0
+        val_subjects, test_subjects = set(subjects[:n_val]), set(subjects[n_val:n_val + n_test])
+        val = [s for s in self.sessions if s.subject in val_subjects]
+        test = [s for s in self.sessions if s.subject in test_subjects] if n_test else val
+        train = [s for s in self.sessions if s.subject not in val_subjects | test_subjects]
+        return {"train": train, "val": val, "test": test}
 
     @property
     def cache(self) -> PreparedCache | None:
