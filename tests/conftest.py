@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,3 +41,20 @@ def tiny_fit_args(demo_root: Path, *extra: str) -> list[str]:
         "--data.num_workers", "0",
         *extra,
     ]
+
+
+def assert_bitwise_equal(a: object, b: object, what: str) -> None:
+    """Nested checkpoint entries (dicts, lists, tensors, values) equal bit for bit; the message names the entry."""
+    if isinstance(a, torch.Tensor):
+        assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+        assert torch.equal(a, b), f"{what}: max |diff| {(a.double() - b.double()).abs().max().item()}"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), what
+        for key in a:
+            assert_bitwise_equal(a[key], b[key], f"{what}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_bitwise_equal(x, y, f"{what}[{i}]")
+    else:
+        assert a == b, f"{what}: {a} != {b}"

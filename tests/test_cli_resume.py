@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS
+from conftest import CONFIGS, assert_bitwise_equal
 
 from brainfm_lightning import cli
 
@@ -63,21 +63,6 @@ def finish(process: subprocess.Popen, folder: Path) -> int:
 def last_checkpoint(folder: Path) -> dict:
     (path,) = folder.rglob("last.ckpt")
     return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def assert_bitwise_equal(a: object, b: object, what: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{what}: max |diff| {(a.double() - b.double()).abs().max().item()}"
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), what
-        for key in a:
-            assert_bitwise_equal(a[key], b[key], f"{what}.{key}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), what
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_bitwise_equal(x, y, f"{what}[{i}]")
-    else:
-        assert a == b, f"{what}: {a} != {b}"
 
 
 def fit_here(folder: Path, demo_root: Path, every: Path, monkeypatch, *extra: str) -> dict:

@@ -9,11 +9,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_fit_args
+from conftest import assert_bitwise_equal, tiny_fit_args
 
 from brainfm_lightning import cli
-
-TOLERANCE = 0.0  # bitwise: same data order, same masks, fp32 on CPU
 
 
 class StepRecorder(L.Callback):
@@ -59,24 +57,6 @@ def last_checkpoint(folder: Path) -> Path:
     return path
 
 
-def assert_close(a, b, what: str) -> None:
-    """Equal nested checkpoint entries; tensors within ``TOLERANCE``."""
-    if isinstance(a, torch.Tensor):
-        assert a.shape == b.shape, what
-        diff = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
-        assert diff <= TOLERANCE, f"{what}: max |diff| {diff}"
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), what
-        for key in a:
-            assert_close(a[key], b[key], f"{what}.{key}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), what
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_close(x, y, f"{what}[{i}]")
-    else:
-        assert a == b, f"{what}: {a} != {b}"
-
-
 @pytest.fixture(autouse=True)
 def deterministic():
     previous = torch.are_deterministic_algorithms_enabled()
@@ -103,8 +83,9 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(demo_root, tmp
     assert resumed.trainer.current_epoch == full.trainer.current_epoch == 2
 
     # weights, optimizer (AdamW moments and step counts) and scheduler of the live objects at the end
-    assert_close(resumed.model.net.state_dict(), full.model.net.state_dict(), "net")
-    assert_close(resumed.trainer.optimizers[0].state_dict(), full.trainer.optimizers[0].state_dict(), "optimizer")
+    assert_bitwise_equal(resumed.model.net.state_dict(), full.model.net.state_dict(), "net")
+    optimizers = resumed.trainer.optimizers[0], full.trainer.optimizers[0]
+    assert_bitwise_equal(optimizers[0].state_dict(), optimizers[1].state_dict(), "optimizer")
     (resumed_scheduler,), (full_scheduler,) = resumed.trainer.lr_scheduler_configs, full.trainer.lr_scheduler_configs
-    assert_close(resumed_scheduler.scheduler.state_dict(), full_scheduler.scheduler.state_dict(), "scheduler")
+    assert_bitwise_equal(resumed_scheduler.scheduler.state_dict(), full_scheduler.scheduler.state_dict(), "scheduler")
     assert resumed.trainer.optimizers[0].param_groups[0]["lr"] == full.trainer.optimizers[0].param_groups[0]["lr"]

@@ -127,12 +127,14 @@ class BatchAugmentation:
             images: float ``[B, M, D, H, W]`` on any device.
             present: bool ``[B, M]``; padded slots come back as zeros.
             label: Optional ``[B, 1, D, H, W]`` label map, moved by the same affine with nearest interpolation.
-            generator: CPU generator the parameters are drawn from (a fresh unseeded one if ``None``).
+            generator: CPU generator the parameters are drawn from (``None``: one seeded from torch's global
+                generator).
 
         Returns:
             The augmented ``images`` (same dtype) and ``label`` (same dtype, or ``None``).
         """
-        generator = generator if generator is not None else torch.Generator().manual_seed(torch.seed())
+        if generator is None:  # seeded from torch's global generator (torch.seed() would reseed that one)
+            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
         params = self.draw(images.shape[0], images.shape[1], generator)
         return self.apply(images, present, params, label)
 
