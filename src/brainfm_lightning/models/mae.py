@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from brainfm_lightning.masking import padding_aware_mask, visible_index
+from brainfm_lightning.models.hub import MAEHubMixin
 from brainfm_lightning.models.patch_embed import PatchEmbed3d, patch_view, patchify, to_3tuple
 from brainfm_lightning.models.pos_embed import sincos_3d
 from brainfm_lightning.models.presets import preset_config
@@ -56,11 +57,18 @@ class MAEOutput:
         return self.features[self.features_valid]
 
 
-class ModalityMAE(nn.Module):
+class ModalityMAE(nn.Module, MAEHubMixin):
     """Masked autoencoder over all sequences of an MRI session, conditioned on text-derived modality embeddings.
 
     Every size argument left as ``None`` takes the value of ``preset``; keyword names follow fb/mae's
-    ``MaskedAutoencoderViT``.
+    ``MaskedAutoencoderViT``. The default preset is ``base``, so ``ModalityMAE()`` builds the paper's full-size
+    network: ViT-B (768 wide, 12 blocks, 12 heads) on 128^3 crops of 16^3 patches, 768-d (BioBERT) modality
+    embeddings and a 512-wide, 8-block decoder (160M parameters). Pass ``preset="small"`` or ``"test"`` (or
+    every size) for smaller networks; configs set ``preset`` explicitly.
+
+    ``save_pretrained(DIR)`` writes ``config.json`` + ``model.safetensors`` (and the ``modality_table``, if set);
+    ``ModalityMAE.from_pretrained(DIR_OR_HUB_ID)`` reads them back strictly, without Lightning or pickle;
+    ``push_to_hub`` shares them (:mod:`brainfm_lightning.models.hub`).
 
     Args:
         img_size: Crop size, an int or a 3-tuple; each divisible by ``patch_size``.
@@ -77,7 +85,8 @@ class ModalityMAE(nn.Module):
         pad_free: Compute on packed valid tokens only (attention per group of equal length); ``False`` runs the
             padded batch with a key-padding mask. Both give the same numbers.
         gradient_checkpointing: Recompute block activations in the backward pass to save memory.
-        preset: Named size that fills the arguments left as ``None`` (``test``, ``small``, ``base``).
+        preset: Named size that fills the arguments left as ``None`` (``test``, ``small``, ``base``); ``base`` by
+            default.
     """
 
     def __init__(

@@ -8,6 +8,7 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
+from brainfm_lightning.models.hub import SegmenterHubMixin
 from brainfm_lightning.models.mae import ModalityMAE
 
 
@@ -144,8 +145,11 @@ class UNETRDecoder(nn.Module):
         return self.out(x)
 
 
-class ModalityUNETR(nn.Module):
+class ModalityUNETR(nn.Module, SegmenterHubMixin):
     """Segmentation network: the MAE's encoder on every present modality, fused per position, and a UNETR decoder.
+
+    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` work as for :class:`ModalityMAE`; ``config.json``
+    holds the head's arguments and the encoder's config under ``net``.
 
     Args:
         net: The (pretrained) :class:`ModalityMAE`; its reconstruction decoder is not used.
@@ -164,6 +168,7 @@ class ModalityUNETR(nn.Module):
     ) -> None:
         super().__init__()
         self.net = net
+        self.num_classes, self.feature_size = num_classes, feature_size
         self.decoder = UNETRDecoder(net.config["embed_dim"], net.patch_size, num_classes, 1, feature_size)
         depth, levels = net.config["depth"], self.decoder.levels
         layers = list(feature_layers) if feature_layers is not None else [depth * s // levels for s in range(1, levels)]
