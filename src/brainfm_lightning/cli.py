@@ -17,7 +17,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from brainfm_lightning.plugins import AtomicCheckpointIO
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-TOOL_GROUPS = ("data", "modalities", "evaluate")
+TOOL_GROUPS = ("data", "modalities", "evaluate", "export")
 
 OVERVIEW = """usage: brainfm COMMAND [options]
 
@@ -33,6 +33,7 @@ Tools:
   data        demo | check | prepare     build the demo data, check a dataset, prepare the cache
   modalities  embed | similarity         modality text embeddings
   evaluate    robustness                 score a checkpoint on every subset of the modalities
+  export      --ckpt CKPT --out DIR      a checkpoint's network as config.json + model.safetensors (from_pretrained)
 
 Run `brainfm COMMAND --help` for the options of a command.
 """
@@ -137,6 +138,7 @@ def run_lightning(argv: Sequence[str] | None) -> None:
 
 def tool_parser() -> argparse.ArgumentParser:
     """``brainfm data ...`` and ``brainfm modalities ...``."""
+    from brainfm_lightning.commands import export as export_command
     from brainfm_lightning.data import commands as data_commands
     from brainfm_lightning.evaluation import commands as evaluation_commands
     from brainfm_lightning.modalities import commands as modality_commands
@@ -153,6 +155,7 @@ def tool_parser() -> argparse.ArgumentParser:
                                  description="Evaluate a trained checkpoint, e.g. its robustness to missing or "
                                              "unseen modalities.")
     evaluation_commands.register(evaluate.add_subparsers(dest="command", required=True))
+    export_command.register(groups)
     return parser
 
 

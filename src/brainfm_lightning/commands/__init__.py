@@ -1,0 +1,1 @@
+"""``brainfm`` commands that work on trained checkpoints without a training config (``brainfm export``)."""

@@ -1,0 +1,131 @@
+"""``brainfm export``: a trained checkpoint's network as a folder that loads with ``from_pretrained``, no Lightning."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brainfm_lightning.models.hub import HubMixin
+
+_EXIT_BAD_INPUT = 2
+_COMPILE_PREFIX = "_orig_mod."  # torch.compile's wrapper puts this before the wrapped module's keys
+SUPPORTED = "MAEPretrainModule (brainfm fit with a pretrain config) or SegmentationModule (a fine-tuned segmenter)"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``export`` command; it sets ``func`` returning an exit status.
+
+    Args:
+        subparsers: The command group of the ``brainfm`` tool parser.
+    """
+    export = subparsers.add_parser(
+        "export", help="Write a checkpoint's network as config.json + model.safetensors (from_pretrained, the Hub).",
+        description="Write the network of a pretraining (ModalityMAE) or fine-tuned segmentation (ModalityUNETR) "
+                    "checkpoint to --out as config.json (every constructor argument), model.safetensors, the "
+                    "modality table (modality_table.safetensors) and a model card (README.md). The folder loads "
+                    "with ModalityMAE.from_pretrained(DIR) or ModalityUNETR.from_pretrained(DIR), without "
+                    "Lightning and without pickle; upload it with `hf upload USER/NAME DIR`. "
+                    "Exit status: 0 written, 2 bad input.",
+        epilog="example: brainfm export --ckpt runs/quickstart/csv/version_0/checkpoints/last.ckpt "
+               "--out exports/quickstart --data-source 'SYNTHETIC demo data (brainfm data demo)'")
+    export.add_argument("--ckpt", required=True, metavar="CKPT", help="Checkpoint written by brainfm fit.")
+    export.add_argument("--out", required=True, metavar="DIR", help="Output folder; must be new or empty.")
+    export.add_argument("--data-source", default=None, metavar="TEXT",
+                        help="What the network was trained on, for the model card (e.g. 'FOMO25, 11,187 subjects').")
+    export.set_defaults(func=run_export)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's entries, read with ``weights_only=True``; errors name the file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for files that are not checkpoints
+        raise ValueError(f"cannot read checkpoint {path}: {' '.join(str(error).split())[:300]}") from error
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict); export needs one of {SUPPORTED}")
+    return checkpoint
+
+
+def net_config(checkpoint: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """The ``ModalityMAE`` arguments of a checkpoint: its ``net_config`` entry, else the ``net`` hyperparameter that
+    ``brainfm fit`` (LightningCLI) saved as ``class_path``/``init_args``."""
+    if isinstance(checkpoint.get("net_config"), Mapping):
+        return dict(checkpoint["net_config"])
+    net = (checkpoint.get("hyper_parameters") or {}).get("net")
+    if isinstance(net, Mapping) and str(net.get("class_path", "")).endswith("ModalityMAE"):
+        return dict(net.get("init_args") or {})
+    raise ValueError(f"{path} holds no network config (no 'net_config' entry and no 'net' hyperparameter with a "
+                     "ModalityMAE class_path); export reads checkpoints written by brainfm fit")
+
+
+def network_from_checkpoint(path: str | Path) -> tuple[HubMixin, dict[str, Any]]:
+    """Rebuild a checkpoint's network with its weights (strictly) and modality table.
+
+    Returns:
+        The :class:`ModalityMAE` (pretraining) or :class:`ModalityUNETR` (segmentation) in evaluation mode, and the
+        checkpoint's entries.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: Unreadable or unsupported checkpoint, or weights that do not fit its config (named).
+    """
+    from brainfm_lightning.modalities import ModalityTable
+    from brainfm_lightning.models import ModalityMAE
+    from brainfm_lightning.models.seg_head import ModalityUNETR
+
+    checkpoint = read_checkpoint(path)
+    state = {k.replace(_COMPILE_PREFIX, ""): v for k, v in checkpoint["state_dict"].items()}
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if any(k.startswith("segmenter.") for k in state):
+        prefix = "segmenter."
+        encoder = ModalityMAE(**net_config(checkpoint, path))
+        defaults = {"num_classes": 2, "feature_size": 16, "feature_layers": None}  # SegmentationModule's
+        network: HubMixin = ModalityUNETR(encoder, **{k: hparams.get(k, v) for k, v in defaults.items()})
+    elif state and all(k.startswith("net.") for k in state):
+        prefix = "net."
+        network = ModalityMAE(**net_config(checkpoint, path))
+    else:
+        trained_as = hparams.get("_class_path", "a module")
+        raise ValueError(f"{path} holds {trained_as} with weights {sorted(state)[:5]}...; export supports "
+                         f"{SUPPORTED} checkpoints")
+    network.load_weights({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, str(path))
+    if checkpoint.get("modality_table") is not None:
+        network.modality_table = ModalityTable.from_state(checkpoint["modality_table"])
+    return network.eval(), checkpoint  # type: ignore[attr-defined]
+
+
+def export_checkpoint(path: str | Path, out: str | Path, data_source: str | None = None) -> HubMixin:
+    """Write the network of checkpoint ``path`` to the folder ``out`` (see ``brainfm export --help``).
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        FileExistsError: ``out`` is a file or a folder that holds files.
+        ValueError: Unreadable or unsupported checkpoint (named).
+    """
+    out = Path(out)
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise FileExistsError(f"--out {out} is not an empty folder; choose a new one so no file of another export "
+                              "stays next to these weights")
+    network, checkpoint = network_from_checkpoint(path)
+    card = {"training_steps": checkpoint.get("global_step"), "data_source": data_source}
+    network.save_pretrained(out, model_card_kwargs=card)
+    return network
+
+
+def run_export(args: argparse.Namespace) -> int:
+    try:
+        network = export_checkpoint(args.ckpt, args.out, args.data_source)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"brainfm export: error: {error}", file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    files = ", ".join(sorted(p.name for p in Path(args.out).iterdir()))
+    name = type(network).__name__
+    print(f"wrote {args.out} ({files}); load it with {name}.from_pretrained({str(args.out)!r})")
+    return 0
