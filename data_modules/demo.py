@@ -19,6 +19,7 @@ class DemoDataModule(ManifestDataModule):
         n_subjects: Subjects (one session each) in the demo dataset.
         demo_seed: Seed of the synthetic subjects.
         demo_spacing: Voxel spacing of the written volumes in mm.
+        spacing: Preprocessing spacing in mm; ``None`` (default): ``demo_spacing``, the grid the data is written on.
         **kwargs: Everything :class:`ManifestDataModule` takes, except ``manifest``; with ``prepare_cache`` and no
             ``cache_dir``, the prepared cache lives next to the dataset, in ``<root>-prepared``.
     """
@@ -29,13 +30,14 @@ class DemoDataModule(ManifestDataModule):
         n_subjects: int = 24,
         demo_seed: int = 0,
         demo_spacing: float = 2.0,
+        spacing: float | None = None,
         **kwargs: Any,
     ) -> None:
         self.root = root
         self.build_kwargs = dict(n_subjects=n_subjects, seed=demo_seed, spacing=demo_spacing)
         if kwargs.get("prepare_cache") and not kwargs.get("cache_dir"):
             kwargs["cache_dir"] = str(Path(root).with_name(f"{Path(root).name}-prepared"))
-        super().__init__(manifest=str(Path(root) / "manifest.csv"), **kwargs)
+        super().__init__(manifest=str(Path(root) / "manifest.csv"), spacing=spacing or demo_spacing, **kwargs)
 
     def _check_manifest(self) -> None:
         """The manifest is written by :meth:`prepare_data`, so it need not exist yet."""

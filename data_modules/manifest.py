@@ -43,7 +43,8 @@ class ManifestDataModule(L.LightningDataModule):
     Args:
         manifest: The CSV file (DESIGN.md); paths inside are absolute or relative to its folder.
         crop_size: Model input size, an int or 3 ints; must equal the network's ``img_size``.
-        spacing: Resample to this voxel spacing in mm, or ``None`` to keep each session's grid.
+        spacing: Resample each session to this voxel spacing in mm (isotropic; HD95 and lesion volumes are then in
+            mm), or ``None`` to keep each session's own grid (sessions of different resolutions then mix).
         batch_size: Sessions per batch (per device).
         num_workers: DataLoader worker processes, kept alive across epochs; ``None``: one fewer than the CPUs this
             process may use, shared among the node's ranks (:func:`default_num_workers`).
@@ -74,7 +75,7 @@ class ManifestDataModule(L.LightningDataModule):
         self,
         manifest: str,
         crop_size: int | Sequence[int] = 64,
-        spacing: float | None = None,
+        spacing: float | None = 1.0,
         batch_size: int = 4,
         num_workers: int | None = None,
         prefetch_factor: int = 2,

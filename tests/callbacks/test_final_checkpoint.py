@@ -17,7 +17,8 @@ def test_last_checkpoint_is_the_final_step(demo_manifest, tmp_path, with_final):
     callbacks = [every_4, FinalCheckpoint()] if with_final else [every_4]
     trainer = cpu_trainer(tmp_path, max_steps=6, limit_val_batches=0, enable_checkpointing=True, callbacks=callbacks)
     module = MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1)
-    trainer.fit(module, datamodule=ManifestDataModule(str(demo_manifest), crop_size=32, batch_size=1, num_workers=0))
+    trainer.fit(module, datamodule=ManifestDataModule(str(demo_manifest), spacing=4.0,
+                                                      crop_size=32, batch_size=1, num_workers=0))
     last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == (6 if with_final else 4)  # Lightning alone keeps step 4
     if with_final:

@@ -43,7 +43,7 @@ def test_signal_checkpoints_at_the_batch_boundary_and_requeues(demo_manifest, tm
                           plugins=[SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)],
                           callbacks=[probe, SlurmRequeue()])
     module = MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1)
-    trainer.fit(module, datamodule=ManifestDataModule(str(demo_manifest), crop_size=32, batch_size=1,
+    trainer.fit(module, datamodule=ManifestDataModule(str(demo_manifest), spacing=4.0, crop_size=32, batch_size=1,
                                                       num_workers=0))
     assert probe.seen == []  # nothing written inside the signal handler
     checkpoint = torch.load(tmp_path / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
@@ -63,7 +63,8 @@ def test_without_a_requeuing_slurm_environment_the_signal_handler_is_untouched(d
 
     trainer = cpu_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[SlurmRequeue(), Look()])
     trainer.fit(MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1),
-                datamodule=ManifestDataModule(str(demo_manifest), crop_size=32, batch_size=1, num_workers=0))
+                datamodule=ManifestDataModule(str(demo_manifest), spacing=4.0,
+                                              crop_size=32, batch_size=1, num_workers=0))
     assert seen == [previous]
 
 

@@ -31,7 +31,8 @@ def batch_of(data: ManifestDataModule, count: int = 2) -> dict:
 
 @pytest.fixture
 def labelled(demo_manifest) -> ManifestDataModule:
-    return ManifestDataModule(str(demo_manifest), crop_size=32, with_label=True, augment=True, num_workers=0,
+    return ManifestDataModule(str(demo_manifest), spacing=4.0,
+                              crop_size=32, with_label=True, augment=True, num_workers=0,
                               val_fraction=0.0)
 
 
@@ -61,7 +62,8 @@ def test_device_augmentation_is_seeded_by_the_training_position(labelled):
 
 
 def test_collate_augmentation_is_seeded_by_the_sample_keys(demo_manifest):
-    data = ManifestDataModule(str(demo_manifest), crop_size=32, with_label=True, augment=True, augment_on="collate",
+    data = ManifestDataModule(str(demo_manifest), spacing=4.0,
+                              crop_size=32, with_label=True, augment=True, augment_on="collate",
                               num_workers=0, val_fraction=0.2)
     assert data.device_augmentation is None
     dataset = data._dataset(data.splits["train"], train=True)
@@ -77,10 +79,11 @@ def test_collate_augmentation_is_seeded_by_the_sample_keys(demo_manifest):
 
 
 def test_workers_augmentation_is_left_to_torchio(demo_manifest):
-    data = ManifestDataModule(str(demo_manifest), crop_size=32, augment=True, augment_on="workers", num_workers=0)
+    data = ManifestDataModule(str(demo_manifest), spacing=4.0,
+                              crop_size=32, augment=True, augment_on="workers", num_workers=0)
     assert data.device_augmentation is None and data._dataset(data.splits["train"], True).preprocessor.augmentation
     with pytest.raises(ValueError, match="augment_on"):
-        ManifestDataModule(str(demo_manifest), augment=True, augment_on="gpu")
+        ManifestDataModule(str(demo_manifest), spacing=4.0, augment=True, augment_on="gpu")
 
 
 def test_fit_trains_on_augmented_batches(demo_manifest):
@@ -92,7 +95,8 @@ def test_fit_trains_on_augmented_batches(demo_manifest):
             seen[batch_idx] = batch
 
     for augment in (False, True):
-        data = ManifestDataModule(str(demo_manifest), crop_size=32, batch_size=2, augment=augment, num_workers=0,
+        data = ManifestDataModule(str(demo_manifest), spacing=4.0,
+                                  crop_size=32, batch_size=2, augment=augment, num_workers=0,
                                   val_fraction=0.0)
         trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
                             enable_model_summary=False, enable_checkpointing=False, callbacks=[Capture()])
@@ -108,12 +112,13 @@ def test_default_workers_follow_the_cpus_and_stay_up(demo_manifest, monkeypatch)
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, cpus=cpus: set(range(cpus)))
         assert default_num_workers(ranks) == expected
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2})
-    data = ManifestDataModule(str(demo_manifest), crop_size=32, prefetch_factor=3)
+    data = ManifestDataModule(str(demo_manifest), spacing=4.0, crop_size=32, prefetch_factor=3)
     loader = data.train_dataloader()
     assert (loader.num_workers, loader.persistent_workers, loader.prefetch_factor) == (2, True, 3)
-    assert not ManifestDataModule(str(demo_manifest), crop_size=32, num_workers=0).train_dataloader().persistent_workers
+    assert not ManifestDataModule(str(demo_manifest), spacing=4.0,
+                                  crop_size=32, num_workers=0).train_dataloader().persistent_workers
     with pytest.raises(ValueError, match="num_workers"):
-        ManifestDataModule(str(demo_manifest), num_workers=-1)
+        ManifestDataModule(str(demo_manifest), spacing=4.0, num_workers=-1)
 
 
 def test_the_cache_is_prepared_on_first_use_and_read_after(demo_root, tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ def fit(manifest, root, ckpt_path=None) -> SessionLog:
     trainer = L.Trainer(accelerator="cpu", max_steps=5, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=root, callbacks=[log, checkpoints],
                         num_sanity_val_steps=0, limit_val_batches=0)
-    data = ManifestDataModule(str(manifest), crop_size=32, batch_size=2, num_workers=0, val_fraction=0.0)
+    data = ManifestDataModule(str(manifest), spacing=4.0, crop_size=32, batch_size=2, num_workers=0, val_fraction=0.0)
     trainer.fit(MAEPretrainModule(ModalityMAE.from_preset("test")), datamodule=data, ckpt_path=ckpt_path)
     return log
 

@@ -12,7 +12,8 @@ def subjects(sessions) -> set[str]:
 
 
 def test_test_fraction_holds_out_subjects_apart_from_validation(demo_manifest):
-    splits = ManifestDataModule(str(demo_manifest), val_fraction=0.2, test_fraction=0.3).splits  # 6 subjects
+    splits = ManifestDataModule(str(demo_manifest), spacing=4.0,
+                                val_fraction=0.2, test_fraction=0.3).splits  # 6 subjects
     train, val, test = (subjects(splits[name]) for name in ("train", "val", "test"))
     assert (len(train), len(val), len(test)) == (2, 2, 2)  # ceil(0.2 * 6) = 2, ceil(0.3 * 6) = 2
     assert not (train & val) and not (train & test) and not (val & test)
@@ -20,15 +21,15 @@ def test_test_fraction_holds_out_subjects_apart_from_validation(demo_manifest):
 
 
 def test_adding_a_test_split_keeps_the_validation_subjects(demo_manifest):
-    without = ManifestDataModule(str(demo_manifest), val_fraction=0.2, seed=3).splits
-    with_test = ManifestDataModule(str(demo_manifest), val_fraction=0.2, test_fraction=0.2, seed=3).splits
+    without = ManifestDataModule(str(demo_manifest), spacing=4.0, val_fraction=0.2, seed=3).splits
+    with_test = ManifestDataModule(str(demo_manifest), spacing=4.0, val_fraction=0.2, test_fraction=0.2, seed=3).splits
     assert subjects(with_test["val"]) == subjects(without["val"])
     assert without["test"] == without["val"]  # test_fraction 0: the test stage reuses the validation subjects
 
 
 def test_splits_are_seeded(demo_manifest):
     def split(seed):
-        data = ManifestDataModule(str(demo_manifest), val_fraction=0.2, test_fraction=0.2, seed=seed)
+        data = ManifestDataModule(str(demo_manifest), spacing=4.0, val_fraction=0.2, test_fraction=0.2, seed=seed)
         return subjects(data.splits["val"]), subjects(data.splits["test"])
 
     assert split(1) == split(1)
@@ -38,4 +39,4 @@ def test_splits_are_seeded(demo_manifest):
 @pytest.mark.parametrize("val, test", [(0.5, 0.5), (0.2, -0.1), (0.0, 1.0)])
 def test_fractions_that_leave_no_training_subject_are_refused(demo_manifest, val, test):
     with pytest.raises(ValueError, match="test_fraction"):
-        ManifestDataModule(str(demo_manifest), val_fraction=val, test_fraction=test)
+        ManifestDataModule(str(demo_manifest), spacing=4.0, val_fraction=val, test_fraction=test)

@@ -16,7 +16,8 @@ def pretrained(demo_manifest, tmp_path_factory):
     torch.manual_seed(0)
     module = MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1)
     run = cpu_trainer(root, limit_val_batches=0)
-    run.fit(module, datamodule=ManifestDataModule(str(demo_manifest), crop_size=32, batch_size=2, num_workers=0))
+    run.fit(module, datamodule=ManifestDataModule(str(demo_manifest), spacing=4.0,
+                                                  crop_size=32, batch_size=2, num_workers=0))
     path = root / "pretrained.ckpt"
     run.save_checkpoint(path)
     return path, ModalityMAE.from_checkpoint(path)

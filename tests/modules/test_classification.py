@@ -19,7 +19,7 @@ MODALITIES = ["T1", "T2", "PD", "FLAIR"]
 
 
 def datamodule(manifest) -> ManifestDataModule:
-    return ManifestDataModule(str(manifest), crop_size=32, batch_size=3, num_workers=0, val_fraction=0.5)
+    return ManifestDataModule(str(manifest), spacing=4.0, crop_size=32, batch_size=3, num_workers=0, val_fraction=0.5)
 
 
 def classifier(pretrained, **kwargs) -> ClassificationModule:

@@ -19,7 +19,7 @@ def trainer(tmp_path, **kwargs) -> L.Trainer:
 
 
 def datamodule(manifest, **kwargs) -> ManifestDataModule:
-    return ManifestDataModule(str(manifest), crop_size=32, batch_size=2, num_workers=0, **kwargs)
+    return ManifestDataModule(str(manifest), spacing=4.0, crop_size=32, batch_size=2, num_workers=0, **kwargs)
 
 
 @pytest.fixture(scope="module")

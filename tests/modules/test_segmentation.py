@@ -22,7 +22,8 @@ MODALITIES = ["T1", "T2", "PD", "FLAIR"]
 
 
 def datamodule(manifest, batch_size: int = 2) -> ManifestDataModule:
-    return ManifestDataModule(str(manifest), crop_size=32, batch_size=batch_size, num_workers=0, with_label=True)
+    return ManifestDataModule(str(manifest), spacing=4.0,
+                              crop_size=32, batch_size=batch_size, num_workers=0, with_label=True)
 
 
 def segmenter(**kwargs) -> SegmentationModule:

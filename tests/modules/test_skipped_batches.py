@@ -44,7 +44,7 @@ def test_a_nonfinite_loss_under_skip_is_a_counted_zero_step(demo_manifest, tmp_p
     monkeypatch.setattr(module, "on_after_backward", lambda: gradients.append(
         all(p.grad is not None and not p.grad.any() for p in module.parameters() if p.requires_grad)))
     trainer = cpu_trainer(tmp_path, max_steps=2, limit_val_batches=0)
-    trainer.fit(module, datamodule=ManifestDataModule(str(demo_manifest), crop_size=32, batch_size=2,
+    trainer.fit(module, datamodule=ManifestDataModule(str(demo_manifest), spacing=4.0, crop_size=32, batch_size=2,
                                                       num_workers=0))
     assert trainer.global_step == 2 and gradients == [True, True]
     assert module.skipped_batches == 2

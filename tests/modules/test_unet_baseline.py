@@ -64,7 +64,8 @@ def test_deep_supervision_trains_every_head_at_full_resolution_and_infers_with_t
 
 
 def test_a_training_step_gives_a_finite_loss_and_gradients_everywhere(demo_manifest):
-    data = ManifestDataModule(str(demo_manifest), crop_size=32, batch_size=2, num_workers=0, with_label=True)
+    data = ManifestDataModule(str(demo_manifest), spacing=4.0,
+                              crop_size=32, batch_size=2, num_workers=0, with_label=True)
     module = unet(deep_supervision=True)
     loss = module.training_step(next(iter(data.train_dataloader())), 0)
     loss.backward()

@@ -1,4 +1,4 @@
-"""Session preprocessing with torchio: one grid per session, foreground z-score, crop or pad to the model size."""
+"""Session preprocessing with torchio: one grid per session, head-foreground z-score, crop or pad to the model size."""
 
 from __future__ import annotations
 
@@ -8,20 +8,47 @@ import numpy as np
 import torch
 import torchio as tio
 from monai.transforms.utils import generate_spatial_bounding_box
+from scipy import ndimage
+from skimage.filters import threshold_otsu
 
 from brainfm_lightning.models.patch_embed import to_3tuple
 
 
 def foreground(volume: torch.Tensor) -> torch.Tensor:
-    """Head foreground: voxels above the minimum (zero-filled or skull-stripped background is excluded)."""
-    return volume > volume.min()
+    """Head foreground of one scan ``[X, Y, Z]``: above Otsu's threshold, holes filled.
+
+    Works with and without skull stripping: Otsu's threshold (scikit-image) separates the air or the zero-filled
+    background from the head whether the background is noise (a raw scan, where "above the minimum" would be the
+    whole field of view) or exactly constant (a skull-stripped scan); enclosed dark regions (ventricles, the skull's
+    signal void) are filled back in. A scan whose values are all equal has no foreground.
+    """
+    values = volume.numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+    if values.min() == values.max():
+        return torch.zeros(values.shape, dtype=torch.bool)
+    mask = ndimage.binary_fill_holes(values > threshold_otsu(values))
+    return torch.from_numpy(mask)
+
+
+def zscore(volume: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(volume - mean) / std`` over the voxels of ``mask`` (float64 statistics, population std).
+
+    A mask with fewer than two voxels or a constant foreground falls back to the statistics of the whole volume,
+    and a constant volume becomes zeros.
+    """
+    values = volume.double()
+    selected = values[mask] if int(mask.sum()) > 1 else values.flatten()
+    mean, std = selected.mean(), selected.std(correction=0)
+    if std == 0:
+        mean, std = values.mean(), values.std(correction=0)
+    return ((values - mean) / std if std > 0 else torch.zeros_like(values)).float()
 
 
 class SessionPreprocessor:
     """Turns the scans of one session into a ``[M, D, H, W]`` float tensor on a shared grid.
 
-    Steps: reorient to RAS, resample to ``spacing`` (if set), resample every scan to the session's reference
-    (first) scan, z-score each scan on its foreground, crop to the head (the bounding box of the union of the
+    Steps: reorient to RAS (a no-op for scans read with :func:`~brainfm_lightning.data.io.load_scan`, which already
+    did), resample to ``spacing`` (if set), resample every scan to the session's reference (first) scan, z-score
+    each scan on its head foreground (:func:`foreground`), crop to the head (the bounding box of the union of the
     foregrounds plus a margin), pad to at least ``crop_size`` and crop (random offset for training, centred
     otherwise), optional random left-right flip and, with ``augment``, random affine, bias field, gamma and noise
     (torchio), drawn from the same per-sample generator so a sample is reproducible. The deterministic steps are
@@ -54,11 +81,7 @@ class SessionPreprocessor:
         self.spacing = spacing
         self.random_crop = random_crop
         self.flip_probability = flip_probability
-        steps: list[tio.Transform] = [tio.ToCanonical()]
-        if spacing is not None:
-            steps.append(tio.Resample(spacing))
-        self.grid_transform = tio.Compose(steps)
-        self.normalize = tio.ZNormalization(masking_method=foreground)
+        self.to_canonical = tio.ToCanonical()
         self.foreground_margin = foreground_margin
         self.augmentation = augmentation() if augment else None
 
@@ -104,16 +127,22 @@ class SessionPreprocessor:
             mask = torch.from_numpy(label[0][None].astype(np.uint8))
             images["__label__"] = tio.LabelMap(tensor=mask, affine=label[1])
         with torch.random.fork_rng(devices=[]):  # torchio draws from torch's RNG even in deterministic transforms
-            subject = self.grid_transform(tio.Subject(images))
+            subject = self.to_canonical(tio.Subject(images))
             reference = subject[names[0]]
+            if self.spacing is not None and not np.allclose(reference.spacing, self.spacing, rtol=1e-4):
+                # only the reference is resampled to ``spacing`` (a grid already there is kept as is, so a
+                # prediction maps back exactly); the other scans and the label go once onto its grid
+                reference = tio.Resample(self.spacing)(reference)
+                subject[names[0]] = reference
             others = [n for n in subject.keys() if n != names[0] and not _same_grid(subject[n], reference)]
             if others:
-                subject = tio.Resample(names[0])(subject)
-            subject = self.normalize(subject)
-        stacked = torch.cat([subject[n].data for n in names]).float()  # [M, X, Y, Z]
+                subject = tio.Resample(names[0], exclude=[names[0]])(subject)
+        raw = [subject[n].data[0] for n in names]
+        masks = [foreground(volume) for volume in raw]  # once per scan: the z-score and the head box share it
+        stacked = torch.stack([zscore(volume, mask) for volume, mask in zip(raw, masks, strict=True)])  # [M, X, Y, Z]
         label_tensor = subject["__label__"].data if label is not None else None
         affine = np.asarray(subject[names[0]].affine)
-        head = torch.stack([foreground(volume) for volume in stacked]).any(dim=0, keepdim=True)  # [1, X, Y, Z]
+        head = torch.stack(masks).any(dim=0, keepdim=True)  # [1, X, Y, Z]
         start, end = generate_spatial_bounding_box(head, margin=self.foreground_margin, allow_smaller=True)
         window = (slice(None), *(slice(b, e) for b, e in zip(start, end, strict=True)))
         affine = affine.copy()
