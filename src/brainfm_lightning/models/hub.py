@@ -159,10 +159,13 @@ class HubMixin(PyTorchModelHubMixin, library_name="brainfm-lightning", model_car
         token: str | bool | None,
         config: dict | None = None,
         map_location: str | torch.device = "cpu",
+        proxies: dict | None = None,
+        resume_download: bool | None = None,
         **overrides: Any,
     ) -> T:
         # huggingface_hub passes the config it read as ``config`` and its keys again as ``overrides``; the folder's
-        # own config.json is read again below, so both only matter where a caller overrides a value
+        # own config.json is read again below, so both only matter where a caller overrides a value. Releases
+        # before 1.0 also pass ``proxies`` and ``resume_download``, which a local snapshot does not need.
         if Path(model_id).is_dir():
             folder = Path(model_id)
         else:  # a hub id: the whole snapshot, so config, weights and table come from one revision
