@@ -8,7 +8,7 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
-from brainfm_lightning.models.hub import SegmenterHubMixin
+from brainfm_lightning.models.hub_formats import SegmenterHubMixin
 from brainfm_lightning.models.mae import ModalityMAE
 
 
