@@ -22,7 +22,7 @@ from brainfm_lightning.data.batch_augmentation import AugmentingCollate, BatchAu
 from brainfm_lightning.data.cache import PreparedCache
 from brainfm_lightning.data.dataset import BadScanPolicy
 from brainfm_lightning.data.prepare import prepare_cache
-from brainfm_lightning.data.sampling import EpochSampler, ResumableDataLoader
+from brainfm_lightning.data.sampling import EpochSampler, ResumableDataLoader, ShardSampler
 from brainfm_lightning.models.patch_embed import to_3tuple
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ class ManifestDataModule(L.LightningDataModule):
             torchio on each crop in the DataLoader workers.
         bucket_by_modality_count: Batch training sessions with the same number of modalities together where
             possible (less padding); still reshuffled every epoch from ``seed``.
+        whole_volumes: Serve validation, test and predict sessions whole (never centre-cropped, padded to at
+            least ``crop_size``, one session per batch, with the geometry to map predictions back onto the scans);
+            ``None``: when the model asks for them (``whole_volume_inference``, e.g. the segmenter's sliding
+            windows), else centred crops. Every stage visits each session exactly once, under DDP too.
         cache_dir: Root of the prepared cache (``brainfm data prepare``): sessions prepared for these settings
             (``spacing``, ``max_voxels``, ``max_anisotropy``) are read from ``<cache_dir>/<settings key>/`` without
             decoding whole volumes; the others fall back to the NIfTI files. ``None``: always read NIfTI files.
@@ -90,6 +94,7 @@ class ManifestDataModule(L.LightningDataModule):
         bucket_by_modality_count: bool = False,
         augment: bool = False,
         augment_on: AugmentOn = "device",
+        whole_volumes: bool | None = None,
         cache_dir: str | None = None,
         prepare_cache: bool = False,
     ) -> None:
@@ -126,6 +131,7 @@ class ManifestDataModule(L.LightningDataModule):
         self.augment = augment
         self.augment_on = augment_on
         self.device_augmentation = BatchAugmentation() if augment and augment_on == "device" else None
+        self.whole_volumes = whole_volumes
         self.cache_dir = cache_dir
         self.prepare_cache = prepare_cache
         self.last_augment_ms = 0.0
@@ -180,12 +186,21 @@ class ManifestDataModule(L.LightningDataModule):
                                workers=max(1, self._workers()))
         log.info("prepared cache %s: %s", cache.folder, report.summary())
 
-    def _dataset(self, sessions: list[Session], train: bool) -> SessionDataset:
+    def _dataset(self, sessions: list[Session], train: bool, with_label: bool | None = None) -> SessionDataset:
         preprocessor = SessionPreprocessor(self.crop_size, self.spacing, random_crop=train,
                                            flip_probability=self.flip_probability if train else 0.0,
                                            augment=self.augment and self.augment_on == "workers" and train)
-        return SessionDataset(sessions, preprocessor, policy=self.bad_scan_policy, with_label=self.with_label,
-                              seed=self.seed, cache=self.cache, **self.load_kwargs)
+        return SessionDataset(sessions, preprocessor, policy=self.bad_scan_policy,
+                              with_label=self.with_label if with_label is None else with_label, seed=self.seed,
+                              cache=self.cache, whole_volume=not train and self._serves_whole_volumes(),
+                              **self.load_kwargs)
+
+    def _serves_whole_volumes(self) -> bool:
+        """``whole_volumes``, or with ``None`` whether the trainer's model asks for whole volumes."""
+        if self.whole_volumes is not None:
+            return self.whole_volumes
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return bool(getattr(module, "whole_volume_inference", False))
 
     def _workers(self) -> int:
         if self.num_workers is not None:
@@ -193,21 +208,26 @@ class ManifestDataModule(L.LightningDataModule):
         ranks_on_node = self.trainer.num_devices if self.trainer is not None else 1
         return default_num_workers(ranks_on_node)
 
-    def _loader(self, sessions: list[Session], train: bool) -> DataLoader:
-        dataset = self._dataset(sessions, train)
+    def _loader(self, sessions: list[Session], train: bool, with_label: bool | None = None) -> DataLoader:
+        dataset = self._dataset(sessions, train, with_label)
         trainer = self.trainer
-        # bucketing orders the sampler's own stream (no custom batch sampler), so Lightning keeps it under DDP
-        group_keys = [len(s.scans) for s in sessions] if train and self.bucket_by_modality_count else None
-        sampler = EpochSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
-                               rank=trainer.global_rank if trainer else 0, shuffle=train, seed=self.seed,
-                               group_keys=group_keys, batch_size=self.batch_size)
+        ranks = dict(num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
+        batch_size = self.batch_size
+        if train:
+            # bucketing orders the sampler's own stream (no custom batch sampler), so Lightning keeps it under DDP
+            group_keys = [len(s.scans) for s in sessions] if self.bucket_by_modality_count else None
+            sampler: EpochSampler | ShardSampler = EpochSampler(dataset, shuffle=True, seed=self.seed,
+                                                                group_keys=group_keys, batch_size=batch_size, **ranks)
+        else:  # each session exactly once over the ranks; whole volumes differ in size, so one per batch
+            sampler = ShardSampler(dataset, **ranks)
+            batch_size = 1 if dataset.whole_volume else batch_size
         workers = self._workers()
         on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
         # workers stay up across epochs instead of being forked again for each; pinned batches copy to a GPU async
         collate = pad_collate
         if train and self.augment and self.augment_on == "collate":
             collate = AugmentingCollate(BatchAugmentation(), self.seed)
-        options: dict[str, Any] = dict(batch_size=self.batch_size, sampler=sampler, num_workers=workers,
+        options: dict[str, Any] = dict(batch_size=batch_size, sampler=sampler, num_workers=workers,
                                        collate_fn=collate, persistent_workers=workers > 0, pin_memory=on_gpu)
         if workers > 0:
             options["prefetch_factor"] = self.prefetch_factor
@@ -253,7 +273,8 @@ class ManifestDataModule(L.LightningDataModule):
         return self._loader(self.splits["test"], train=False) if self.splits["test"] else []
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.sessions, train=False)
+        """Every session of the dataset; label masks are never needed (a manifest without label rows works)."""
+        return self._loader(self.sessions, train=False, with_label=False)
 
 
 def default_num_workers(ranks_on_node: int = 1) -> int:

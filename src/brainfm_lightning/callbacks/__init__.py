@@ -2,7 +2,7 @@
 
 from brainfm_lightning.callbacks.final_checkpoint import FinalCheckpoint
 from brainfm_lightning.callbacks.loop_timing import LoopTiming, StepTiming, is_logging_step
-from brainfm_lightning.callbacks.prediction_writer import EmbeddingWriter
+from brainfm_lightning.callbacks.prediction_writer import EmbeddingWriter, SegmentationWriter
 from brainfm_lightning.callbacks.reconstruction_montage import ReconstructionMontage, collapse_metrics
 from brainfm_lightning.callbacks.slurm_requeue import SlurmRequeue
 from brainfm_lightning.callbacks.summary import TrainingSummary
@@ -15,6 +15,7 @@ __all__ = [
     "LoggerSaveConfigCallback",
     "LoopTiming",
     "ReconstructionMontage",
+    "SegmentationWriter",
     "SlurmRequeue",
     "StepTiming",
     "TrainingSummary",

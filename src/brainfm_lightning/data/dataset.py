@@ -43,6 +43,10 @@ class SessionDataset(Dataset):
         max_voxels: Passed to :func:`load_scan`.
         max_anisotropy: Passed to :func:`load_scan`.
         cache: The prepared cache to read sessions from, or ``None``.
+        whole_volume: Serve each session's whole preprocessed volume (evaluation; see
+            :meth:`SessionPreprocessor.pad_to_crop`) with its geometry: ``affine`` (4x4 float64 array of the grid),
+            ``reference`` (path of the session's first usable scan, whose grid predictions are mapped back onto) and
+            ``label_path``; no crop, no flip.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class SessionDataset(Dataset):
         max_voxels: int = 512**3,
         max_anisotropy: float = 8.0,
         cache: PreparedCache | None = None,
+        whole_volume: bool = False,
     ) -> None:
         if policy not in ("skip", "error"):
             raise ValueError(f"bad-scan policy must be 'skip' or 'error', got {policy!r}")
@@ -65,6 +70,7 @@ class SessionDataset(Dataset):
         self.seed = seed
         self.load_kwargs = dict(max_voxels=max_voxels, max_anisotropy=max_anisotropy)
         self.cache = cache
+        self.whole_volume = whole_volume
         self.skipped_scans = 0
         self.skipped_sessions = 0
         self.has_warned_uncached = False
@@ -109,6 +115,12 @@ class SessionDataset(Dataset):
             self.skipped_sessions += 1
             log.warning("skipping session %s: no usable scan left", session.session_id)
             return None
+        if self.whole_volume:
+            grid, grid_label, affine = self.preprocessor.to_grid(volumes, label)
+            background = grid.flatten(1).min(dim=1).values.numpy()
+            images, label_tensor, affine = self.preprocessor.pad_to_crop(
+                grid.numpy(), grid_label.numpy() if grid_label is not None else None, background, affine)
+            return self._sample(session, images, list(volumes), label_tensor, (epoch, index), affine)
         rng = np.random.default_rng([self.seed, epoch, index])
         images, label_tensor = self.preprocessor(volumes, label=label, rng=rng)
         return self._sample(session, images, list(volumes), label_tensor, (epoch, index))
@@ -132,14 +144,18 @@ class SessionDataset(Dataset):
             self.skipped_sessions += 1
             log.warning("skipping session %s: no usable scan left", session.session_id)
             return None
-        rng = np.random.default_rng([self.seed, epoch, index])
         label = prepared.label if self.with_label else None
+        if self.whole_volume:
+            images, label_tensor, affine = self.preprocessor.pad_to_crop(prepared.images, label, prepared.background,
+                                                                         prepared.affine)
+            return self._sample(session, images, modalities, label_tensor, (epoch, index), affine)
+        rng = np.random.default_rng([self.seed, epoch, index])
         images, label_tensor = self.preprocessor.crop_and_flip(prepared.images, label, prepared.background, rng)
         return self._sample(session, images, modalities, label_tensor, (epoch, index))
 
     def _sample(
         self, session: Session, images: torch.Tensor, modalities: list[str], label: torch.Tensor | None,
-        key: tuple[int, int],
+        key: tuple[int, int], affine: np.ndarray | None = None,
     ) -> dict[str, Any]:
         if not np.isfinite(images.numpy()).all():  # the last line of defence: nothing non-finite reaches the model
             raise ScanError(session.scans[0].path, f"preprocessing of {session.session_id} produced non-finite values")
@@ -153,6 +169,10 @@ class SessionDataset(Dataset):
         }
         if label is not None:
             sample["label"] = label
+        if affine is not None:  # whole volumes: where the grid lies, and the scan it maps back onto
+            sample["affine"] = np.asarray(affine, dtype=np.float64)
+            sample["reference"] = str(next(s.path for s in session.scans if s.modality == modalities[0]))
+            sample["label_path"] = str(session.label_path) if session.label_path is not None else None
         return sample
 
 
@@ -164,13 +184,22 @@ def pad_collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | No
         ``modalities`` list of ``B`` lists of ``M`` names (``""`` for padding), ``session_ids``, ``targets``,
         ``label`` ``[B, 1, D, H, W]`` when the samples have one, ``skipped_scans`` (int: bad scans left out of
         the kept sessions) and ``skipped_sessions`` (int: sessions dropped as ``None``); ``None`` if every
-        sample was dropped.
+        sample was dropped. Whole-volume samples add ``affines`` (list of 4x4 float64 arrays), ``references`` and
+        ``label_paths`` (lists of str or ``None``); they must share one shape (batch size 1 for whole volumes of
+        different sizes).
+
+    Raises:
+        ValueError: Samples of different spatial shapes.
     """
     kept = [s for s in samples if s is not None]
     if not kept:
         return None
     most = max(len(s["modalities"]) for s in kept)
     spatial = kept[0]["images"].shape[1:]
+    shapes = {tuple(s["images"].shape[1:]) for s in kept}
+    if len(shapes) > 1:
+        raise ValueError(f"sessions {[s['session_id'] for s in kept]} have different shapes {sorted(shapes)}; "
+                         "whole volumes of different sizes need batch_size 1")
     images = torch.zeros(len(kept), most, *spatial)
     present = torch.zeros(len(kept), most, dtype=torch.bool)
     for row, sample in enumerate(kept):
@@ -188,4 +217,7 @@ def pad_collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | No
     }
     if "label" in kept[0]:
         batch["label"] = torch.stack([s["label"] for s in kept])
+    if "affine" in kept[0]:  # numpy, not tensors: they stay on the CPU in float64 when the batch moves
+        batch.update(affines=[s["affine"] for s in kept], references=[s["reference"] for s in kept],
+                     label_paths=[s["label_path"] for s in kept])
     return batch

@@ -24,7 +24,8 @@ class ScanError(Exception):
 
 
 def load_scan(
-    path: str | Path, max_voxels: int = 512**3, max_anisotropy: float = 8.0, allow_constant: bool = False
+    path: str | Path, max_voxels: int = 512**3, max_anisotropy: float = 8.0, allow_constant: bool = False,
+    canonical: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load a 3D NIfTI scan reoriented to RAS, after checking it is usable.
 
@@ -33,9 +34,11 @@ def load_scan(
         max_voxels: Larger volumes are rejected (a guard against absurd inputs).
         max_anisotropy: Largest allowed ratio of the coarsest to the finest voxel spacing.
         allow_constant: Accept a constant volume (an empty label mask is one).
+        canonical: Reorient to RAS (the one reorientation of preprocessing); ``False`` keeps the file's voxel order
+            (native-space evaluation).
 
     Returns:
-        ``(data, affine)``: float32 ``[X, Y, Z]`` and the 4x4 RAS affine.
+        ``(data, affine)``: float32 ``[X, Y, Z]`` and the 4x4 affine (RAS unless ``canonical`` is ``False``).
 
     Raises:
         ScanError: Missing, unsupported extension, unreadable or truncated, not 3D (a 4D scan with a single
@@ -62,7 +65,7 @@ def load_scan(
         if np.any(zooms <= 0) or zooms.max() / zooms.min() > max_anisotropy:
             spacing = tuple(round(float(z), 4) for z in zooms)
             raise ScanError(path, f"voxel spacing {spacing} mm is more anisotropic than {max_anisotropy}:1")
-        image = nib.as_closest_canonical(image)
+        image = nib.as_closest_canonical(image) if canonical else image
         # reorienting an LPS/LSA/... scan gives a flipped view (negative strides) that torch.from_numpy refuses
         data = np.ascontiguousarray(np.asarray(image.dataobj, dtype=np.float32))
     except ScanError:
@@ -78,19 +81,20 @@ def load_scan(
 
 
 def load_label(path: str | Path, max_voxels: int = 512**3, max_anisotropy: float = 8.0,
-               max_label: int = 255) -> tuple[np.ndarray, np.ndarray]:
+               max_label: int = 255, canonical: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Load a label mask like :func:`load_scan` (constant masks allowed), checked and rounded to integers.
 
     Masks stored as floats (``0.999`` for 1 after a resampling or a scaled dtype) are rounded, not truncated.
 
     Returns:
-        ``(mask, affine)``: uint8 ``[X, Y, Z]`` and the 4x4 RAS affine.
+        ``(mask, affine)``: uint8 ``[X, Y, Z]`` and the 4x4 affine (RAS unless ``canonical`` is ``False``).
 
     Raises:
         ScanError: As :func:`load_scan`, and for values more than 0.01 from an integer or outside
             ``[0, max_label]``.
     """
-    data, affine = load_scan(path, max_voxels=max_voxels, max_anisotropy=max_anisotropy, allow_constant=True)
+    data, affine = load_scan(path, max_voxels=max_voxels, max_anisotropy=max_anisotropy, allow_constant=True,
+                             canonical=canonical)
     rounded = np.rint(data)
     off_integer = np.abs(data - rounded) > 0.01
     if off_integer.any():

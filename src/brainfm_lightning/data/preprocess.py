@@ -145,8 +145,7 @@ class SessionPreprocessor:
         head = torch.stack(masks).any(dim=0, keepdim=True)  # [1, X, Y, Z]
         start, end = generate_spatial_bounding_box(head, margin=self.foreground_margin, allow_smaller=True)
         window = (slice(None), *(slice(b, e) for b, e in zip(start, end, strict=True)))
-        affine = affine.copy()
-        affine[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=float) + affine[:3, 3]  # origin of the cropped grid
+        affine = shift_origin(affine, start)  # the cropped grid starts at voxel ``start`` of the uncropped one
         label_tensor = label_tensor[window].contiguous() if label_tensor is not None else None
         return stacked[window].contiguous(), label_tensor, affine
 
@@ -177,6 +176,28 @@ class SessionPreprocessor:
             cropped, label_window = self._augment(cropped, label_window, rng)
         return cropped, label_window
 
+    def pad_to_crop(
+        self, images: np.ndarray, label: np.ndarray | None, background: np.ndarray, affine: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
+        """The whole volume for evaluation: never cropped, padded evenly to at least ``crop_size`` along short axes.
+
+        Args:
+            images: ``[M, X, Y, Z]`` on the session grid (an array or a ``np.memmap``).
+            label: ``[1, X, Y, Z]`` mask or ``None``; padded with 0.
+            background: ``[M]`` padding value of each scan.
+            affine: 4x4 affine of the session grid.
+
+        Returns:
+            ``images`` float32 ``[M, *max(shape, crop_size)]``, ``label`` uint8 (or ``None``) and the affine of the
+            padded grid (its origin moved by the padding), so a prediction on it maps back onto the scans.
+        """
+        shape = images.shape[1:]
+        size = tuple(max(n, c) for n, c in zip(shape, self.crop_size, strict=True))
+        start = tuple(-(max(c - n, 0) // 2) for n, c in zip(shape, self.crop_size, strict=True))
+        padded = take_window(images, start, size, background, torch.float32)
+        label_window = take_window(label, start, size, 0, torch.uint8) if label is not None else None
+        return padded, label_window, shift_origin(affine, start)
+
     def _augment(
         self, images: torch.Tensor, label: torch.Tensor | None, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -200,6 +221,13 @@ def augmentation() -> tio.Compose:
         tio.RandomGamma(log_gamma=0.2, p=0.3),
         tio.RandomNoise(std=(0, 0.05), p=0.3),
     ])
+
+
+def shift_origin(affine: np.ndarray, start: Sequence[int]) -> np.ndarray:
+    """Affine of the grid whose first voxel is voxel ``start`` (negative: before the first) of ``affine``'s grid."""
+    shifted = np.array(affine, dtype=np.float64)
+    shifted[:3, 3] = shifted[:3, :3] @ np.asarray(start, dtype=np.float64) + shifted[:3, 3]
+    return shifted
 
 
 def crop_start(

@@ -62,6 +62,31 @@ class EpochSampler(DistributedSampler):
             yield self.epoch, index
 
 
+class ShardSampler(DistributedSampler):
+    """Evaluation sampler: every session exactly once over all ranks, in dataset order, as ``(0, index)`` keys.
+
+    Rank ``r`` of ``R`` takes indices ``r, r + R, r + 2R, ...``, so shares differ by at most one and no session is
+    repeated (``DistributedSampler`` pads ranks to equal length by repeating sessions, which would count them
+    twice in per-case metrics and write their predictions twice). With fewer sessions than ranks, the ranks left
+    without one get the last session again (an empty share would stall the ranks' metric synchronisation); its
+    repeated rows are dropped when the per-case table is gathered.
+
+    Being a ``DistributedSampler``, Lightning keeps it under DDP.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        size = len(dataset)  # type: ignore[arg-type]
+        self.shard = list(range(rank, size, num_replicas)) or ([size - 1] if size else [])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        for index in self.shard:
+            yield 0, index
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader over an :class:`EpochSampler` whose position within the epoch is saved in checkpoints.
 

@@ -8,7 +8,6 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
-from monai.inferers import sliding_window_inference
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import DynUNet
 from torch import nn
@@ -18,7 +17,7 @@ from brainfm_lightning.evaluation import SEGMENTATION_METRICS
 from brainfm_lightning.models.patch_embed import to_3tuple
 from brainfm_lightning.modules.modality_embedding import injected_hparams_to_ignore
 from brainfm_lightning.modules.schedule import cosine_with_warmup, stepping_batches
-from brainfm_lightning.modules.segmentation import SegmentationModule
+from brainfm_lightning.modules.segmentation import SegmentationModule, record_preprocessing
 from brainfm_lightning.modules.transfer import check_optimization
 
 UnknownPolicy = Literal["error", "ignore"]
@@ -116,6 +115,7 @@ class UNetBaselineModule(SegmentationModule):
         self.metric_means = nn.ModuleDict({f"{stage}_{name}": MeanMetric(nan_strategy="ignore")
                                            for stage in ("val", "test") for name in SEGMENTATION_METRICS})
         self._test_rows: list[dict[str, object]] = []
+        self.return_probabilities = False
         self.channel_index = {name: c for c, name in enumerate(self.channels)}
         self.modality_table = None  # callbacks look for a text-embedding table; a fixed-channel model has none
         self._warned: set[str] = set()
@@ -192,8 +192,7 @@ class UNetBaselineModule(SegmentationModule):
         channels = to_channels(images, modality_embeddings, present)
         if tuple(channels.shape[2:]) == self.img_size:
             return self._main_logits(channels)
-        return sliding_window_inference(channels, self.img_size, self.hparams.sw_batch_size, self._main_logits,
-                                        overlap=self.hparams.sw_overlap, mode="gaussian")
+        return self._sliding_window(channels, self._main_logits, self.img_size)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -208,6 +207,7 @@ class UNetBaselineModule(SegmentationModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["modality_channels"] = list(self.channels)
+        record_preprocessing(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("modality_channels")
