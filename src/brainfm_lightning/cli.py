@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from jsonargparse import Namespace
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -17,7 +17,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from brainfm_lightning.plugins import AtomicCheckpointIO
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-TOOL_GROUPS = ("data", "modalities", "evaluate", "export")
+TOOL_GROUPS = ("data", "modalities", "evaluate", "segment", "export")
 
 OVERVIEW = """usage: brainfm COMMAND [options]
 
@@ -33,6 +33,8 @@ Tools:
   data        demo | check | prepare     build the demo data, check a dataset, prepare the cache
   modalities  embed | similarity         modality text embeddings
   evaluate    robustness                 score a checkpoint on every subset of the modalities
+  segment     --ckpt CKPT --scan NAME=PATH ... --out MASK.nii.gz
+                                         one case's mask on its own grid, no config needed
   export      --ckpt CKPT --out DIR      a checkpoint's network as config.json + model.safetensors (from_pretrained)
 
 Run `brainfm COMMAND --help` for the options of a command.
@@ -121,12 +123,15 @@ def run_lightning(argv: Sequence[str] | None) -> None:
     """Run LightningCLI on ``argv`` (``None``: the process's own arguments)."""
     from brainfm_lightning.callbacks import FinalCheckpoint, LoggerSaveConfigCallback, SlurmRequeue
 
+    # omegaconf+ resolves ${...} after every config and override is merged, so `save_dir: ${trainer.default_root_dir}`
+    # follows --trainer.default_root_dir; absolute keys are read relative to the subcommand (fit/test/...)
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     BrainFMCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_callback=LoggerSaveConfigCallback,  # also into the W&B run config
         save_config_kwargs={"overwrite": True},
         args=None if argv is None else list(argv),
@@ -139,6 +144,7 @@ def run_lightning(argv: Sequence[str] | None) -> None:
 def tool_parser() -> argparse.ArgumentParser:
     """``brainfm data ...`` and ``brainfm modalities ...``."""
     from brainfm_lightning.commands import export as export_command
+    from brainfm_lightning.commands import segment as segment_command
     from brainfm_lightning.data import commands as data_commands
     from brainfm_lightning.evaluation import commands as evaluation_commands
     from brainfm_lightning.modalities import commands as modality_commands
@@ -155,6 +161,7 @@ def tool_parser() -> argparse.ArgumentParser:
                                  description="Evaluate a trained checkpoint, e.g. its robustness to missing or "
                                              "unseen modalities.")
     evaluation_commands.register(evaluate.add_subparsers(dest="command", required=True))
+    segment_command.register(groups)
     export_command.register(groups)
     return parser
 

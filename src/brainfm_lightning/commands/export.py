@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,6 +117,8 @@ def export_checkpoint(path: str | Path, out: str | Path, data_source: str | None
     network, checkpoint = network_from_checkpoint(path)
     card = {"training_steps": checkpoint.get("global_step"), "data_source": data_source}
     network.save_pretrained(out, model_card_kwargs=card)
+    if checkpoint.get("preprocessing"):  # the spacing brainfm segment resamples new scans to
+        (out / "preprocessing.json").write_text(json.dumps(checkpoint["preprocessing"], indent=1) + "\n")
     return network
 
 

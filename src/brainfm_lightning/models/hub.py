@@ -173,7 +173,8 @@ class HubMixin(PyTorchModelHubMixin, library_name="brainfm-lightning", model_car
             folder = Path(snapshot_download(repo_id=model_id, revision=revision, cache_dir=cache_dir,
                                             force_download=force_download, token=token,
                                             local_files_only=local_files_only,
-                                            allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, TABLE_FILE]))
+                                            allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, TABLE_FILE,
+                                                            "preprocessing.json"]))
         return cls._load_folder(folder, map_location, **overrides)
 
     @classmethod

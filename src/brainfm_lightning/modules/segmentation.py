@@ -57,6 +57,25 @@ def sliding_window_logits(
                                     device=images.device if stitch_device is None else stitch_device)
 
 
+def flip_averaged_probabilities(
+    logits_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, flip_axes: Sequence[int] = ()
+) -> torch.Tensor:
+    """Softmax of ``logits_of(images)`` averaged with the passes on ``images`` mirrored along each spatial axis in
+    ``flip_axes`` (0, 1, 2 of ``[B, C, *S]``), each mirrored back before averaging (flip test-time augmentation).
+
+    Returns:
+        float32 probabilities ``[B, K, *S]`` on the device ``logits_of`` returns.
+    """
+    for axis in flip_axes:
+        if axis not in (0, 1, 2):
+            raise ValueError(f"test-time flip axes are spatial axes 0, 1 or 2, got {axis}")
+    total = logits_of(images).float().softmax(1)
+    for axis in flip_axes:
+        dims = [2 + axis]
+        total = total + logits_of(images.flip(dims)).float().softmax(1).flip(dims).to(total.device)
+    return total / (1 + len(flip_axes))
+
+
 class SegmentationModule(TransferModule):
     """Voxel-wise segmentation from every available modality of a session (:class:`ModalityUNETR`), DiceCE loss.
 
@@ -187,17 +206,10 @@ native_case_metrics`), adds lesion-wise detection and volumes, and writes one ro
         self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
         flip_axes: Sequence[int] = (),
     ) -> torch.Tensor:
-        """Softmax ``[B, num_classes, *S]`` of :meth:`predict_logits`, averaged with the passes on inputs mirrored
-        along each spatial axis of ``flip_axes`` (mirrored back before averaging)."""
-        for axis in flip_axes:
-            if axis not in (0, 1, 2):
-                raise ValueError(f"test-time flip axes are spatial axes 0, 1 or 2, got {axis}")
-        total = self.predict_logits(images, modality_embeddings, present).float().softmax(1)
-        for axis in flip_axes:
-            dims = [2 + axis]
-            flipped = self.predict_logits(images.flip(dims), modality_embeddings, present).float().softmax(1)
-            total = total + flipped.flip(dims).to(total.device)
-        return total / (1 + len(flip_axes))
+        """Softmax ``[B, num_classes, *S]`` of :meth:`predict_logits`, with flip test-time augmentation
+        (:func:`flip_averaged_probabilities`)."""
+        return flip_averaged_probabilities(lambda x: self.predict_logits(x, modality_embeddings, present), images,
+                                           flip_axes)
 
     def _label(self, batch: Mapping[str, Any]) -> torch.Tensor:
         if "label" not in batch:
@@ -306,6 +318,10 @@ native_case_metrics`), adds lesion-wise detection and volumes, and writes one ro
         super().on_save_checkpoint(checkpoint)
         record_preprocessing(self, checkpoint)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        check_preprocessing(self, checkpoint)
+
 
 def record_preprocessing(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
     """Store the datamodule's ``spacing`` and ``crop_size`` in ``checkpoint["preprocessing"]``, so that segmenting a
@@ -316,3 +332,14 @@ def record_preprocessing(module: L.LightningModule, checkpoint: dict[str, Any]) 
     crop = getattr(datamodule, "crop_size", None)
     checkpoint["preprocessing"] = {"spacing": getattr(datamodule, "spacing", None),
                                    "crop_size": list(crop) if crop is not None else None}
+
+
+def check_preprocessing(module: L.LightningModule, checkpoint: Mapping[str, Any]) -> None:
+    """Warn when the datamodule resamples to another spacing than the checkpoint was trained on (the network then
+    sees anatomy at another scale), naming both values and the fix."""
+    trained = (checkpoint.get("preprocessing") or {}).get("spacing")
+    datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
+    current = getattr(datamodule, "spacing", None)
+    if trained is not None and current is not None and abs(float(trained) - float(current)) > 1e-6:
+        rank_zero_warn(f"the checkpoint was trained on data resampled to {trained} mm but data.spacing is {current}: "
+                       f"set --data.spacing {trained} to preprocess as in training")

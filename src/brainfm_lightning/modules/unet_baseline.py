@@ -17,7 +17,7 @@ from brainfm_lightning.evaluation import SEGMENTATION_METRICS
 from brainfm_lightning.models.patch_embed import to_3tuple
 from brainfm_lightning.modules.modality_embedding import injected_hparams_to_ignore
 from brainfm_lightning.modules.schedule import cosine_with_warmup, stepping_batches
-from brainfm_lightning.modules.segmentation import SegmentationModule, record_preprocessing
+from brainfm_lightning.modules.segmentation import SegmentationModule, check_preprocessing, record_preprocessing
 from brainfm_lightning.modules.transfer import check_optimization
 
 UnknownPolicy = Literal["error", "ignore"]
@@ -210,6 +210,7 @@ class UNetBaselineModule(SegmentationModule):
         record_preprocessing(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_preprocessing(self, checkpoint)
         saved = checkpoint.get("modality_channels")
         if saved is not None and list(saved) != self.channels:
             raise ValueError(f"the checkpoint's U-Net channels {list(saved)} differ from model.modalities "
