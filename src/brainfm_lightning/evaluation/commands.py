@@ -112,7 +112,7 @@ def load_trained(configs: Sequence[str], ckpt_path: str, overrides: Sequence[str
         FileNotFoundError: A config or the checkpoint does not exist (named).
         ValueError: Bad override, bad config value, or a checkpoint of another model class or size (named).
     """
-    from jsonargparse import ArgumentError
+    from jsonargparse import ArgumentError, set_parsing_settings
     from lightning.pytorch import LightningDataModule, LightningModule
 
     from brainfm_lightning.cli import BrainFMCLI
@@ -138,12 +138,13 @@ def load_trained(configs: Sequence[str], ckpt_path: str, overrides: Sequence[str
     args = [item for config in configs for item in ("--config", str(config))]
     for key, value in parse_set_overrides(overrides):
         args += [f"--{key.removeprefix('--')}", value]
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)  # as brainfm fit: ${trainer.default_root_dir}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # this tool has its own argv
             cli = EvaluationCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
                                 subclass_mode_data=True, save_config_callback=None, args=args, run=False,
-                                parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
+                                parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False},
                                 auto_configure_optimizers=False)
     except ArgumentError as error:
         raise ValueError(" ".join(str(error).split())) from error
@@ -190,6 +191,8 @@ def run_robustness(args: argparse.Namespace) -> int:
     if spacing is None:
         print("note: HD95 is in voxels (no data.spacing or model.voxel_spacing)", file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.ckpt_path).parent / f"robustness_{Path(args.ckpt_path).stem}"
+    if getattr(module, "whole_volume_inference", False) and hasattr(datamodule, "whole_volumes"):
+        datamodule.whole_volumes = True  # as brainfm test: whole volumes, scored against the mask files
     datamodule.setup("test")
     batches = renamed_batches(datamodule.test_dataloader(), renames, device, args.limit)
     try:

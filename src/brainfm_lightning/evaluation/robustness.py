@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from brainfm_lightning.evaluation.metrics import SEGMENTATION_METRICS, segmentation_metrics, write_metrics_csv
+from brainfm_lightning.evaluation.native import native_case_metrics
 
 
 class SubsetSegmenter(Protocol):
@@ -37,7 +38,9 @@ def evaluate_modality_subsets(
 ) -> list[dict[str, object]]:
     """Segment each session once per non-empty subset of its modalities (others dropped through ``present``).
 
-    Writes to ``out_dir``: ``robustness_cases.csv`` (one row per session and subset), ``robustness.csv`` and
+    Whole-volume batches (with ``label_paths``, as ``brainfm test`` sees them) are scored in native space against
+    the mask files (:func:`~brainfm_lightning.evaluation.native.native_case_metrics`, ``spacing`` unused); crops on
+    their grid. Writes to ``out_dir``: ``robustness_cases.csv`` (one row per session and subset), ``robustness.csv`` and
     ``robustness.md`` (NaN-aware means per subset, best Dice first) and ``robustness.png`` (a heatmap: one row per
     subset, the cells of its modalities coloured by its mean Dice).
 
@@ -63,8 +66,13 @@ def evaluate_modality_subsets(
                 kept = torch.zeros_like(present[i : i + 1])
                 kept[0, list(subset)] = True
                 logits = module.predict_logits(images[i : i + 1], embeddings[i : i + 1], kept)
-                metrics = segmentation_metrics(logits.argmax(1, keepdim=True), batch["label"][i : i + 1],
-                                               num_classes, spacing)
+                prediction = logits.argmax(1, keepdim=True)
+                if batch.get("label_paths") is not None:
+                    metrics, _, _ = native_case_metrics(prediction[0].to(torch.uint8).cpu().numpy(),
+                                                        batch["affines"][i], batch["label_paths"][i], num_classes)
+                else:
+                    metrics = segmentation_metrics(prediction, batch["label"][i : i + 1].to(prediction.device),
+                                                   num_classes, spacing)
                 names = [batch["modalities"][i][m] for m in subset]
                 rows.append({"case": session, "subset": "+".join(sorted(names)), "n_modalities": len(names)}
                             | {k: float(v.nanmean()) for k, v in metrics.items()})
