@@ -185,3 +185,25 @@ def test_scan_error_survives_pickling_between_processes():
 
     error = pickle.loads(pickle.dumps(ScanError("/data/sub-1/t1.nii.gz", "constant volume")))
     assert str(error) == "/data/sub-1/t1.nii.gz: constant volume" and error.reason == "constant volume"
+
+
+def test_check_runs_the_preprocessing_training_runs(tmp_path, capsys, monkeypatch):
+    """What check passes, training reads: each session also goes through SessionPreprocessor.to_grid."""
+    from brainfm_lightning.data.preprocess import SessionPreprocessor
+
+    rows = [("a", "v1", "T1", str(_save(tmp_path / "t1.nii.gz"))), ("b", "v1", "T1", str(_save(tmp_path / "b.nii.gz")))]
+    manifest = _write_manifest(tmp_path / "m.csv", rows)
+    seen: list[tuple[str, ...]] = []
+    real = SessionPreprocessor.to_grid
+
+    def to_grid(self, volumes, label=None):
+        seen.append((tuple(volumes), self.spacing))
+        if len(seen) == 2:
+            raise RuntimeError("cannot resample")
+        return real(self, volumes, label)
+
+    monkeypatch.setattr(SessionPreprocessor, "to_grid", to_grid)
+    assert main(["data", "check", str(manifest), "--spacing", "3.0"]) == 1
+    assert seen == [(("T1",), 3.0), (("T1",), 3.0)]
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'b.nii.gz'}: preprocessing of b/v1 failed (RuntimeError: cannot resample)" in out

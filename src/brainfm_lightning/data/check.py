@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+
 from brainfm_lightning.data.adapters import INDEXERS, LAYOUTS, detect_layout
 from brainfm_lightning.data.io import ScanError, load_label, load_scan
 from brainfm_lightning.data.manifest import ManifestError, Problem, Session, read_manifest
+from brainfm_lightning.data.preprocess import SessionPreprocessor
 
 CHECK_LAYOUTS = ("auto", "manifest", *LAYOUTS)
 
@@ -45,21 +48,26 @@ def check_dataset(
     max_anisotropy: float = 8.0,
     workers: int = 1,
     on_problem: Callable[[Problem], None] | None = None,
+    spacing: float | None = 1.0,
 ) -> CheckReport:
-    """Index a dataset leniently, then load every scan and label mask with :func:`load_scan`'s checks.
+    """Index a dataset leniently, then load every scan and label mask with :func:`load_scan`'s checks and run each
+    session's usable scans through the preprocessing training runs (:meth:`SessionPreprocessor.to_grid`: RAS,
+    ``spacing``, the reference grid, head foreground and z-score), so what passes here, training reads.
 
     Args:
         path: A manifest CSV or a dataset root.
         layout: ``auto``, ``manifest``, ``fomo25`` or ``bids``; ``auto`` uses :func:`detect_layout`.
         max_voxels: Passed to :func:`load_scan`.
         max_anisotropy: Passed to :func:`load_scan`.
-        workers: Processes reading scans in parallel (1: in this process).
+        workers: Processes reading sessions in parallel (1: in this process).
         on_problem: Called with each problem as soon as it is found (e.g. to print it).
+        spacing: The training spacing in mm (``None``: each session's own grid).
 
     Returns:
         The report; problems cover bad rows, unsupported files, duplicate modalities, empty sessions and every
         scan :func:`load_scan` rejects (missing, unreadable, truncated, non-finite, constant, not 3D, too large,
-        too anisotropic). Label masks may be constant.
+        too anisotropic), label masks with non-integer or out-of-range values (they may be constant) and sessions
+        whose preprocessing fails or gives non-finite values.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -90,13 +98,11 @@ def check_dataset(
     if not sessions:
         found(Problem(path, f"no session with an image found ({report.layout} layout)"))
     report.sessions = len(sessions)
-    jobs = [(scan.path, False) for session in sessions for scan in session.scans]
-    jobs += [(session.label_path, True) for session in sessions if session.label_path is not None]
-    report.scans = sum(not is_label for _, is_label in jobs)
-    report.labels = len(jobs) - report.scans
-    read = partial(_check_file, max_voxels=max_voxels, max_anisotropy=max_anisotropy)
-    for problem in _map(read, jobs, workers):
-        if problem is not None:
+    report.scans = sum(len(session.scans) for session in sessions)
+    report.labels = sum(session.label_path is not None for session in sessions)
+    read = partial(_check_session, max_voxels=max_voxels, max_anisotropy=max_anisotropy, spacing=spacing)
+    for problems in _map(read, sessions, workers):
+        for problem in problems:
             found(problem)
     return report
 
@@ -109,19 +115,39 @@ def _index(path: Path, layout: str, problems: list[Problem]) -> list[Session]:
     return INDEXERS[layout](path, problems)
 
 
-def _check_file(job: tuple[Path, bool], max_voxels: int, max_anisotropy: float) -> Problem | None:
-    path, is_label = job
-    try:
-        load = load_label if is_label else load_scan  # the same checks training applies
-        load(path, max_voxels=max_voxels, max_anisotropy=max_anisotropy)
-    except ScanError as error:
-        return Problem(error.path, f"label mask: {error.reason}" if is_label else error.reason)
-    return None
+def _check_session(session: Session, max_voxels: int, max_anisotropy: float, spacing: float | None) -> list[Problem]:
+    """Load a session's scans and label mask with training's checks, then preprocess what is usable."""
+    problems: list[Problem] = []
+    volumes = {}
+    for scan in session.scans:
+        try:
+            volumes[scan.modality] = load_scan(scan.path, max_voxels=max_voxels, max_anisotropy=max_anisotropy)
+        except ScanError as error:
+            problems.append(Problem(error.path, error.reason))
+    label = None
+    if session.label_path is not None:
+        try:
+            label = load_label(session.label_path, max_voxels=max_voxels, max_anisotropy=max_anisotropy)
+        except ScanError as error:
+            problems.append(Problem(error.path, f"label mask: {error.reason}"))
+    if volumes:
+        reference = next(s.path for s in session.scans if s.modality in volumes)
+        try:
+            images, _, _ = SessionPreprocessor(1, spacing).to_grid(volumes, label)
+            if not np.isfinite(images.numpy()).all():
+                problems.append(Problem(reference, f"preprocessing of {session.session_id} gives non-finite values"))
+        except Exception as error:  # whatever stops preprocessing would stop training on this session
+            detail = " ".join(str(error).split())[:300]
+            problems.append(Problem(reference, f"preprocessing of {session.session_id} failed "
+                                               f"({type(error).__name__}: {detail})"))
+    return problems
 
 
-def _map(read: Callable[[tuple[Path, bool]], Problem | None], jobs: list, workers: int) -> Iterator[Problem | None]:
+def _map(read: Callable[[Session], list[Problem]], jobs: list, workers: int) -> Iterator[list[Problem]]:
     if workers == 1 or len(jobs) < 2:
         yield from map(read, jobs)
         return
-    with multiprocessing.get_context().Pool(min(workers, len(jobs))) as pool:
+    from brainfm_lightning.data.prepare import single_thread_worker  # forked torch: no parent thread pool
+
+    with multiprocessing.get_context().Pool(min(workers, len(jobs)), initializer=single_thread_worker) as pool:
         yield from pool.imap(read, jobs, chunksize=8)  # in order, so the output is reproducible

@@ -22,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = subparsers.add_parser(
         "check", help="Read every scan of a dataset and list each problem with its file.",
         description="Read every scan (and label mask) of a manifest CSV or a dataset folder (BIDS or FOMO-60K "
-                    "layout) with the training checks; print each problem as '<file>: <reason>', then a summary. "
-                    "Exit status: 0 clean, 1 problems found, 2 bad arguments.")
+                    "layout) with the training checks and run each session through training's preprocessing (RAS, "
+                    "--spacing, the first scan's grid, head z-score); print each problem as '<file>: <reason>', "
+                    "then a summary. Exit status: 0 clean, 1 problems found, 2 bad arguments.")
     check.add_argument("path", help="A manifest .csv, or a dataset root with sub-* (BIDS) or sub_* (FOMO) folders.")
     check.add_argument("--layout", default="auto", choices=("auto", "manifest", "fomo25", "bids"),
                        help="How to read PATH (default: %(default)s, from the file or folder names).")
@@ -32,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--max-anisotropy", type=float, default=8.0,
                        help="Reject a larger ratio of coarsest to finest voxel spacing (default: %(default)s).")
     check.add_argument("--workers", type=int, default=1,
-                       help="Processes reading scans in parallel (default: %(default)s).")
+                       help="Processes reading sessions in parallel (default: %(default)s).")
+    check.add_argument("--spacing", type=float, default=1.0, metavar="MM",
+                       help="The training spacing in mm the sessions are resampled to (default: %(default)s).")
     check.set_defaults(func=run_check)
     prepare = subparsers.add_parser(
         "prepare", help="Preprocess every session of a training config once into the prepared cache.",
@@ -78,7 +81,7 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         report = check_dataset(args.path, layout=args.layout, max_voxels=args.max_voxels,
                                max_anisotropy=args.max_anisotropy, workers=args.workers,
-                               on_problem=lambda problem: print(problem, flush=True))
+                               on_problem=lambda problem: print(problem, flush=True), spacing=args.spacing)
     except (FileNotFoundError, ValueError) as error:
         print(f"brainfm data check: error: {error}", file=sys.stderr)
         return 2

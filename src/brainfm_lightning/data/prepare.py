@@ -159,7 +159,7 @@ def _prepare_one(session: Session, cache: PreparedCache, policy: BadScanPolicy, 
         return [Problem(error.path, f"{error.reason}; session not prepared")], False, None
 
 
-def _single_thread() -> None:
+def single_thread_worker() -> None:
     # one process per core: keep each worker's torch and SimpleITK from spawning a thread per core as well
     import SimpleITK as sitk
     import torch
@@ -172,7 +172,7 @@ def _run(job: Callable[[Session], Outcome], sessions: list[Session], workers: in
     if workers == 1 or len(sessions) < 2:
         yield from map(job, sessions)
         return
-    with ProcessPoolExecutor(min(workers, len(sessions)), initializer=_single_thread) as pool:
+    with ProcessPoolExecutor(min(workers, len(sessions)), initializer=single_thread_worker) as pool:
         futures = [pool.submit(job, session) for session in sessions]
         try:
             for future in as_completed(futures):
