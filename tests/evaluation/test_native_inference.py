@@ -180,3 +180,16 @@ def test_ddp_on_two_cpu_ranks_scores_and_writes_each_case_once(trained, demo_roo
     assert len(cases) == len(set(cases)) == 3  # both ranks' cases, none twice
     written = sorted(p.name for p in (tmp_path / "predict/predictions").iterdir())
     assert written == [f"sub-00{k}_ses-01_seg.nii.gz" for k in range(1, 7)]
+
+
+def test_segment_overlay_png_shows_the_mask_over_its_scan(trained, demo_root, tmp_path):
+    flair = demo_root / "sub-001/ses-01/FLAIR.nii.gz"
+    png = tmp_path / "overlay.png"
+    assert main(["segment", "--ckpt", str(trained), "--scan", f"FLAIR={flair}", "--out", str(tmp_path / "m.nii.gz"),
+                 "--overlay", str(png)]) == 0
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    reddish = (pixels[..., 0] > 150) & (pixels[..., 1] < 120) & (pixels[..., 2] < 120)
+    predicted = np.asarray(nib.load(tmp_path / "m.nii.gz").dataobj).any()
+    assert pixels.shape[1] > 600 and (reddish.sum() > 0) == bool(predicted)

@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     segment.add_argument("--out", required=True, metavar="OUT.nii.gz", help="The label map to write.")
     segment.add_argument("--probabilities", default=None, metavar="PROB.nii.gz",
                          help="Also write the foreground probability of each class (float32, one volume per class).")
+    segment.add_argument("--overlay", default=None, metavar="PNG",
+                         help="Also save a quick-look PNG: three slices of the first scan through the predicted "
+                              "lesions, the mask in red.")
     segment.add_argument("--spacing", type=float, default=None, metavar="MM",
                          help="Resample to this spacing in mm (default: the spacing the checkpoint was trained at, "
                               "else 1.0).")
@@ -61,7 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_scans(pairs: Sequence[str]) -> dict[str, Path]:
-    """``["NAME=PATH", ...]`` -> ``{NAME: PATH}`` in order; raises ``ValueError`` naming a bad or repeated pair."""
+    """Parse ``["NAME=PATH", ...]`` into ``{NAME: PATH}``, in order.
+
+    Raises:
+        ValueError: A malformed or repeated pair (named).
+    """
     scans: dict[str, Path] = {}
     for pair in pairs:
         name, is_pair, path = pair.partition("=")
@@ -74,7 +81,16 @@ def parse_scans(pairs: Sequence[str]) -> dict[str, Path]:
 
 
 def load_segmenter(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The :class:`ModalityUNETR` of a checkpoint or exported folder, and its recorded preprocessing (or ``{}``)."""
+    """Load the :class:`ModalityUNETR` of a checkpoint or exported folder.
+
+    Returns:
+        The network (evaluation mode, with its modality table) and the preprocessing it was trained with (``{}``
+        when the checkpoint predates that record).
+
+    Raises:
+        FileNotFoundError: Nothing at ``path``.
+        ValueError: Not a segmentation checkpoint or export (named).
+    """
     from brainfm_lightning.commands.export import network_from_checkpoint
     from brainfm_lightning.models.seg_head import ModalityUNETR
 
@@ -90,8 +106,13 @@ def load_segmenter(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 
 def modality_embeddings(network: torch.nn.Module, names: Sequence[str], text_encoder: str) -> torch.Tensor:
-    """``[1, M, D]`` embeddings of ``names`` from the network's table; names it lacks are embedded with
-    ``text_encoder`` (loaded only then)."""
+    """Look up ``[1, M, D]`` embeddings of ``names`` in the network's table.
+
+    Names the table lacks are embedded with ``text_encoder``, which is loaded only then.
+
+    Raises:
+        ValueError: The table's width is not the network's ``modality_dim``.
+    """
     from brainfm_lightning.modalities import ModalityTable, TextEncoder
 
     table: ModalityTable | None = getattr(network, "modality_table", None)
@@ -118,7 +139,17 @@ def segment_case(
     text_encoder: str = "minilm",
     device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Label map and class probabilities of one case on its first scan's own grid.
+    """Segment one case and map the result onto its first scan's own grid.
+
+    Args:
+        network: A :class:`ModalityUNETR` with its modality table.
+        scans: Sequence name -> file, the first being the reference grid.
+        spacing: The spacing in mm the scans are resampled to (the training spacing).
+        flip_axes: Spatial axes of flip test-time augmentation.
+        sw_batch_size: Sliding windows per forward pass.
+        sw_overlap: Overlap of the sliding windows.
+        text_encoder: Embeds names missing from the table.
+        device: Where the network runs; the stitched output stays on the CPU.
 
     Returns:
         ``(labels, probabilities)``: uint8 ``[X, Y, Z]`` and float32 ``[num_classes, X, Y, Z]``.
@@ -153,6 +184,12 @@ def segment_case(
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    """Run ``brainfm segment`` with parsed arguments.
+
+    Returns:
+        The exit status: 0 written, 2 bad input (the message names the file or value).
+    """
+
     def fail(message: str) -> int:
         print(f"brainfm segment: error: {message}", file=sys.stderr)
         return _EXIT_BAD_INPUT
@@ -182,6 +219,10 @@ def run_segment(args: argparse.Namespace) -> int:
     write_like(labels, reference, args.out)
     if args.probabilities:
         write_like(probabilities[1:], reference, args.probabilities, dtype=np.float32)
+    if args.overlay:
+        from brainfm_lightning.evaluation.overlay import plot_overlay
+
+        plot_overlay(reference, labels, args.overlay, title=f"{Path(args.out).name} over {reference.name}")
     counts = {int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True), strict=True) if k}
     print(f"wrote {args.out} ({labels.shape}, {spacing} mm preprocessing; voxels per label {counts or 'none'})")
     return 0

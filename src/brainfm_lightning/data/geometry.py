@@ -80,11 +80,11 @@ def to_reference_space(
 
 
 def write_like(data: np.ndarray, reference: str | Path, path: str | Path, dtype: np.dtype | type = np.uint8) -> Path:
-    """Write ``data`` (the reference scan's 3D shape, or ``[C, *shape]`` for several maps) as a NIfTI file that
-    overlays the reference: the same shape, affine, qform and sform (and their codes), units and voxel sizes.
+    """Write ``data`` as a NIfTI file that overlays the reference scan.
 
-    Label maps keep their integer values (``dtype`` uint8 by default, no scaling); float maps are written as
-    float32.
+    ``data`` has the reference's 3D shape, or ``[C, *shape]`` for several maps; the file gets the reference's
+    shape, affine, qform and sform (and their codes), units and voxel sizes. Label maps keep their integer values
+    (``dtype`` uint8 by default, no scaling); float maps are written as float32.
 
     Returns:
         The path written (parents are created).
