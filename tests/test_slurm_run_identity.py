@@ -13,7 +13,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from brainfm_lightning import cli
-from brainfm_lightning.cli import pin_loggers_to_slurm_job
+from brainfm_lightning.commands.config import pin_loggers_to_slurm_job
 
 SLURM_VARIABLES = {"SLURM_JOB_ID": "4321", "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
                    "SLURM_NODEID": "0", "SLURM_JOB_NAME": "brainfm", "SLURM_NODELIST": "localhost"}

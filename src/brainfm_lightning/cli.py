@@ -1,20 +1,24 @@
-"""The ``brainfm`` command: Lightning's ``fit/validate/test/predict`` plus the ``data`` and ``modalities`` tools."""
+"""The ``brainfm`` command: dispatches to Lightning's ``fit/validate/test/predict`` or to a tool group.
+
+The commands themselves live in :mod:`brainfm_lightning.commands`; this module only assembles and dispatches them.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import sys
 from collections.abc import Sequence
 
-from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.plugins.io import CheckpointIO
 
-from brainfm_lightning.plugins import AtomicCheckpointIO
+from brainfm_lightning.commands.config import (
+    PARSER_MODE,
+    BrainFMCLI,
+    ConfigurationError,
+    use_training_parsing_settings,
+)
+
+__all__ = ["BrainFMCLI", "ConfigurationError", "main", "run_lightning", "tool_parser"]
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 TOOL_GROUPS = ("data", "modalities", "evaluate", "segment", "export")
@@ -41,97 +45,24 @@ Run `brainfm COMMAND --help` for the options of a command.
 """
 
 
-class ConfigurationError(Exception):
-    """A config value that cannot work, found while building the model, data or trainer."""
-
-
-def pin_loggers_to_slurm_job(trainer_config: Namespace) -> None:
-    """Under Slurm, tie the run's loggers to the job, so a requeued job continues the same run.
-
-    A requeued job keeps its ``SLURM_JOB_ID``: CSV and TensorBoard loggers get it as ``version`` (the same
-    ``version_<job>`` folder, and with it the same ``checkpoints/`` folder, whose ``ModelCheckpoint`` then restores
-    its best-k bookkeeping), a W&B logger as ``id`` (Lightning's ``WandbLogger`` resumes an existing id). The default
-    logger (none configured) becomes such a CSV logger unless TensorBoard is installed, which Lightning already pins.
-    Versions and ids set in the config are kept; outside Slurm and in interactive allocations nothing changes.
+def run_lightning(argv: Sequence[str] | None) -> None:
+    """Run LightningCLI on ``argv``.
 
     Args:
-        trainer_config: The ``trainer`` section of the parsed config, changed in place.
+        argv: ``fit|validate|test|predict`` and its options; ``None``: the process's own arguments.
+
+    Raises:
+        ConfigurationError: A config value that cannot work (named).
     """
-    job = SLURMEnvironment.job_id()
-    if job is None:
-        return
-    logger = trainer_config.get("logger")
-    if logger is None or logger is True:
-        if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-            return
-        save_dir = trainer_config.get("default_root_dir") or os.getcwd()
-        logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=save_dir))
-    for entry in logger if isinstance(logger, list) else [logger]:
-        if not isinstance(entry, Namespace) or not entry.get("class_path"):
-            continue
-        init_args = entry.get("init_args") or Namespace()
-        kind = entry["class_path"].rsplit(".", 1)[-1]
-        if kind in ("CSVLogger", "TensorBoardLogger") and init_args.get("version") is None:
-            init_args["version"] = job
-        elif kind == "WandbLogger" and init_args.get("id") is None and init_args.get("version") is None:
-            init_args["id"] = str(job)
-        entry["init_args"] = init_args
-    trainer_config["logger"] = logger
-
-
-class BrainFMCLI(LightningCLI):
-    """LightningCLI in omegaconf mode, with models and datamodules chosen by ``class_path``.
-
-    Every run writes checkpoints atomically (:class:`AtomicCheckpointIO`, unless the config names another
-    ``CheckpointIO``), and under Slurm logs to the job's run (:func:`pin_loggers_to_slurm_job`).
-    """
-
-    def instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
-        if config is not None and config.get("trainer") is not None:
-            pin_loggers_to_slurm_job(config["trainer"])
-        try:
-            super().instantiate_classes()
-        except (ValueError, FileNotFoundError) as error:  # constructors name the bad value; no traceback needed
-            raise ConfigurationError(str(error)) from error
-        if getattr(self, "trainer", None) is not None:  # tools build the model and data without one
-            self._use_atomic_checkpoint_io()
-        net, crop = getattr(self.model, "net", None), getattr(self.datamodule, "crop_size", None)
-        if net is not None and crop is not None and tuple(crop) != tuple(net.img_size):
-            raise ConfigurationError(f"data.crop_size {tuple(crop)} differs from the network's img_size "
-                                     f"{tuple(net.img_size)} (model.net.init_args.img_size); set them equal")
-
-    def _use_atomic_checkpoint_io(self) -> None:
-        """:class:`AtomicCheckpointIO` unless the config's ``trainer.plugins`` name a ``CheckpointIO``."""
-        config_init = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
-        plugins = (config_init or {}).get("trainer", {}).get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
-        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # Lightning's default, not a choice
-            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-
-    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse's LightningArgumentParser
-        parser.add_argument("--save_modality_table", type=str | None, default=None,
-                            help="Also write the modality table to this .safetensors file at the end of fit.")
-
-    def after_fit(self) -> None:
-        path = self.config.get(self.subcommand, {}).get("save_modality_table") if self.subcommand else None
-        if path and self.trainer.is_global_zero:
-            self.model.save_modality_table(path)
-
-
-def run_lightning(argv: Sequence[str] | None) -> None:
-    """Run LightningCLI on ``argv`` (``None``: the process's own arguments)."""
     from brainfm_lightning.callbacks import FinalCheckpoint, LoggerSaveConfigCallback, SlurmRequeue
 
-    # omegaconf+ resolves ${...} after every config and override is merged, so `save_dir: ${trainer.default_root_dir}`
-    # follows --trainer.default_root_dir; absolute keys are read relative to the subcommand (fit/test/...)
-    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    use_training_parsing_settings()
     BrainFMCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf+"},
+        parser_kwargs={"parser_mode": PARSER_MODE},
         save_config_callback=LoggerSaveConfigCallback,  # also into the W&B run config
         save_config_kwargs={"overwrite": True},
         args=None if argv is None else list(argv),
@@ -142,12 +73,16 @@ def run_lightning(argv: Sequence[str] | None) -> None:
 
 
 def tool_parser() -> argparse.ArgumentParser:
-    """``brainfm data ...`` and ``brainfm modalities ...``."""
+    """The parser of the tool groups (``data``, ``modalities``, ``evaluate``, ``segment``, ``export``).
+
+    Returns:
+        The parser; each command sets ``func``, which takes the parsed arguments and returns an exit status.
+    """
+    from brainfm_lightning.commands import data as data_commands
+    from brainfm_lightning.commands import evaluate as evaluation_commands
     from brainfm_lightning.commands import export as export_command
+    from brainfm_lightning.commands import modalities as modality_commands
     from brainfm_lightning.commands import segment as segment_command
-    from brainfm_lightning.data import commands as data_commands
-    from brainfm_lightning.evaluation import commands as evaluation_commands
-    from brainfm_lightning.modalities import commands as modality_commands
 
     parser = argparse.ArgumentParser(prog="brainfm", description="BrainFM-Lightning tools.")
     groups = parser.add_subparsers(dest="group", required=True)
@@ -167,7 +102,14 @@ def tool_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``brainfm`` console script."""
+    """Entry point of the ``brainfm`` console script.
+
+    Args:
+        argv: The arguments after ``brainfm``; ``None``: the process's own.
+
+    Returns:
+        The exit status: 0 done, 2 bad command or config (tools: as each documents).
+    """
     explicit = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

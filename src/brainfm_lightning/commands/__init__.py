@@ -1,1 +1,6 @@
-"""``brainfm`` commands that work on trained checkpoints without a training config (``brainfm export``)."""
+"""The ``brainfm`` tool commands: ``data``, ``modalities``, ``evaluate``, ``segment`` and ``export``.
+
+Each module adds its parsers with ``register(subparsers)`` and sets ``func`` (parsed arguments -> exit status);
+:mod:`brainfm_lightning.commands.config` reads training configs as ``brainfm fit`` does. The library never imports
+this package (``tests/test_layers.py``).
+"""

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from brainfm_lightning.data.cache import PreparedCache
@@ -20,7 +16,6 @@ from brainfm_lightning.data.dataset import BadScanPolicy
 from brainfm_lightning.data.io import ScanError, load_label, load_scan
 from brainfm_lightning.data.manifest import Problem, Session
 from brainfm_lightning.data.preprocess import SessionPreprocessor
-from brainfm_lightning.overrides import parse_set_overrides
 
 # (problems found, whether the session is now in the cache, the bad scan that stops the run under "error")
 Outcome = tuple[list[Problem], bool, Problem | None]
@@ -180,37 +175,3 @@ def _run(job: Callable[[Session], Outcome], sessions: list[Session], workers: in
         finally:  # an error (policy "error") or an interrupt: do not start the rest
             for future in futures:
                 future.cancel()
-
-
-def load_datamodule(configs: Sequence[str | Path], overrides: Sequence[str] = ()) -> object:
-    """Build the datamodule of LightningCLI YAML configs the way ``brainfm fit`` does.
-
-    The ``data`` sections of ``configs`` are applied in order (later files override earlier ones, a new
-    ``class_path`` keeps the init_args it accepts), then ``overrides`` (``KEY=VALUE``, ``KEY`` an init_arg,
-    optionally written ``data.KEY``; ``VALUE`` read as YAML).
-
-    Raises:
-        FileNotFoundError: A config file does not exist (the message names it).
-        ValueError: No config has a ``data`` section, an override is not ``KEY=VALUE``, or jsonargparse rejects
-            the values (its message names them).
-    """
-    from jsonargparse import ArgumentParser
-    from lightning import LightningDataModule
-
-    parser = ArgumentParser(parser_mode="omegaconf", exit_on_error=False)
-    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
-    args: list[str] = []
-    for config in configs:
-        if not os.path.isfile(config):
-            raise FileNotFoundError(f"config not found: {config}")
-        section = (yaml.safe_load(Path(config).read_text()) or {}).get("data")
-        if section is not None:
-            args += ["--data", json.dumps(section)]
-    if not args:
-        raise ValueError(f"no 'data:' section (class_path + init_args) in {', '.join(map(str, configs))}")
-    for key, value in parse_set_overrides(overrides):
-        args += [f"--data.{key.removeprefix('data.').removeprefix('init_args.')}", value]
-    try:
-        return parser.instantiate_classes(parser.parse_args(args)).data
-    except Exception as error:  # jsonargparse wraps type errors in several exception types
-        raise ValueError(" ".join(str(error).split())) from error

@@ -1,6 +1,6 @@
 """Modality conditioning: sequence descriptions, the frozen text encoder and modality embedding tables.
 
-The CLI subcommands live in :mod:`brainfm_lightning.modalities.commands` (``register``).
+The CLI subcommands live in :mod:`brainfm_lightning.commands.modalities` (``register``).
 """
 
 from brainfm_lightning.modalities.descriptions import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainfm_lightning.modalities.commands import format_matrix, register
+from brainfm_lightning.commands.modalities import format_matrix, register
 from brainfm_lightning.modalities.descriptions import DEFAULT_DESCRIPTIONS
 from brainfm_lightning.modalities.encoder import DISABLE_ENV_VAR
 from brainfm_lightning.modalities.table import ModalityTable

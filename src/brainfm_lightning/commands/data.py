@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+from lightning.pytorch import LightningDataModule
+
+from brainfm_lightning.commands.config import build_from_configs, parse_set_overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +65,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.set_defaults(func=run_prepare)
 
 
+def load_datamodule(configs: Sequence[str | Path], overrides: Sequence[tuple[str, str]] = ()) -> LightningDataModule:
+    """Build the datamodule of LightningCLI training configs the way ``brainfm fit`` does; no model is built.
+
+    Args:
+        configs: YAML files with a ``data`` section, composed left to right.
+        overrides: ``(KEY, VALUE)`` pairs, ``KEY`` a data init_arg, optionally written ``data.KEY`` or
+            ``data.init_args.KEY``; ``VALUE`` read as YAML.
+
+    Returns:
+        The datamodule.
+
+    Raises:
+        FileNotFoundError: A config file does not exist (named).
+        ValueError: No config has a ``data`` section, or a value is rejected (named).
+    """
+    data_keys = [(f"data.{key.removeprefix('data.').removeprefix('init_args.')}", value) for key, value in overrides]
+    return build_from_configs(configs, data_keys, with_model=False)[1]
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    """Run ``brainfm data demo``; returns the exit status (0 written, 2 bad arguments)."""
     from brainfm_lightning.data.demo import build_demo_dataset
 
     if args.subjects < 1:
@@ -76,6 +101,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    """Run ``brainfm data check``; returns the exit status (0 clean, 1 problems found, 2 bad arguments)."""
     from brainfm_lightning.data.check import check_dataset
 
     try:
@@ -90,16 +116,17 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    """Run ``brainfm data prepare``; returns the exit status (0 done, 1 stopped by a bad scan, 2 bad arguments)."""
     from tqdm import tqdm
 
     from brainfm_lightning.data.cache import PreparedCache
     from brainfm_lightning.data.io import ScanError
-    from brainfm_lightning.data.prepare import load_datamodule, prepare_cache
+    from brainfm_lightning.data.prepare import prepare_cache
 
     try:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
-        datamodule = load_datamodule(args.config, args.overrides)
+        datamodule = load_datamodule(args.config, parse_set_overrides(args.overrides))
         if not all(hasattr(datamodule, name) for name in ("sessions", "spacing", "load_kwargs", "bad_scan_policy")):
             raise ValueError(f"{type(datamodule).__name__} does not serve sessions; brainfm data prepare needs a "
                              "ManifestDataModule (or subclass: DemoDataModule, Fomo25DataModule, BidsDataModule)")

@@ -1,8 +1,8 @@
-"""--set KEY=VALUE parsing shared by the tool commands."""
+"""commands.config: --set KEY=VALUE parsing shared by the tool commands."""
 
 import pytest
 
-from brainfm_lightning.overrides import parse_set_overrides
+from brainfm_lightning.commands.config import parse_set_overrides
 
 
 def test_splits_at_the_first_equals_sign():

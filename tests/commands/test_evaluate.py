@@ -6,7 +6,7 @@ import pytest
 from conftest import CONFIGS
 
 from brainfm_lightning.cli import main
-from brainfm_lightning.evaluation.commands import parse_renames
+from brainfm_lightning.commands.evaluate import parse_renames
 from data_modules import DemoDataModule
 
 TEST_PRESET = [CONFIGS / "finetune/seg_demo.yaml", CONFIGS / "model/test.yaml"]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from brainfm_lightning.overrides import parse_set_overrides
+from brainfm_lightning.commands.config import build_from_configs, parse_set_overrides
 
 _EXIT_BAD_INPUT = 2
 
@@ -112,43 +111,11 @@ def load_trained(configs: Sequence[str], ckpt_path: str, overrides: Sequence[str
         FileNotFoundError: A config or the checkpoint does not exist (named).
         ValueError: Bad override, bad config value, or a checkpoint of another model class or size (named).
     """
-    from jsonargparse import ArgumentError, set_parsing_settings
-    from lightning.pytorch import LightningDataModule, LightningModule
-
-    from brainfm_lightning.cli import BrainFMCLI
-
-    class EvaluationCLI(BrainFMCLI):
-        def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse's LightningArgumentParser
-            super().add_arguments_to_parser(parser)
-            parser.add_argument("--ckpt_path", type=str | None, default=None,
-                                help="Accepted so that the config.yaml a fit run saved parses; unused.")
-
-        def before_instantiate_classes(self) -> None:
-            for section, key, value in (("model", "pretrained", None), ("data", "with_label", True)):
-                init_args = self.config[section].get("init_args")
-                if init_args is not None and key in init_args:
-                    init_args[key] = value
-
-        def instantiate_trainer(self, **kwargs: Any) -> None:  # type: ignore[override]
-            return None  # evaluation runs its own loop
-
-    for path in [*configs, ckpt_path]:
+    for path in [*configs, ckpt_path]:  # every missing file before the slow model build
         if not Path(path).is_file():
             raise FileNotFoundError(f"{'checkpoint' if path == ckpt_path else 'config'} not found: {path}")
-    args = [item for config in configs for item in ("--config", str(config))]
-    for key, value in parse_set_overrides(overrides):
-        args += [f"--{key.removeprefix('--')}", value]
-    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)  # as brainfm fit: ${trainer.default_root_dir}
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # this tool has its own argv
-            cli = EvaluationCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
-                                subclass_mode_data=True, save_config_callback=None, args=args, run=False,
-                                parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False},
-                                auto_configure_optimizers=False)
-    except ArgumentError as error:
-        raise ValueError(" ".join(str(error).split())) from error
-    module, datamodule = cli.model, cli.datamodule
+    module, datamodule = build_from_configs(configs, parse_set_overrides(overrides),
+                                            replace={"model": {"pretrained": None}, "data": {"with_label": True}})
     if getattr(datamodule, "with_label", True) is not True:
         raise ValueError(f"{type(datamodule).__name__} serves no label masks; robustness needs them")
     try:
@@ -169,7 +136,14 @@ def load_trained(configs: Sequence[str], ckpt_path: str, overrides: Sequence[str
 
 
 def run_robustness(args: argparse.Namespace) -> int:
-    from brainfm_lightning.cli import ConfigurationError
+    """Run ``brainfm evaluate robustness``.
+
+    Args:
+        args: The parsed options of the command.
+
+    Returns:
+        The exit status: 0 done, 2 bad input.
+    """
     from brainfm_lightning.evaluation.robustness import evaluate_modality_subsets, markdown_table
     from brainfm_lightning.modalities.encoder import TextEncoderUnavailableError
 
@@ -180,7 +154,7 @@ def run_robustness(args: argparse.Namespace) -> int:
         module, datamodule = load_trained(args.config, args.ckpt_path, args.overrides)
         if hasattr(datamodule, "modality_names"):
             check_renames(renames, datamodule.modality_names)
-    except (FileNotFoundError, ValueError, ConfigurationError) as error:
+    except (FileNotFoundError, ValueError) as error:
         return _fail(str(error))
     if args.device == "cuda" and not torch.cuda.is_available():
         return _fail("--device cuda: no GPU available")
