@@ -23,7 +23,7 @@ from brainfm_lightning.data.cache import PreparedCache
 from brainfm_lightning.data.dataset import BadScanPolicy
 from brainfm_lightning.data.prepare import prepare_cache
 from brainfm_lightning.data.sampling import EpochSampler, ResumableDataLoader, ShardSampler
-from brainfm_lightning.models.patch_embed import to_3tuple
+from brainfm_lightning.sizes import to_3tuple
 
 log = logging.getLogger(__name__)
 AugmentOn = Literal["device", "collate", "workers"]

@@ -11,7 +11,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from brainfm_lightning.models.patch_embed import to_3tuple
+from brainfm_lightning.sizes import to_3tuple
 
 
 def foreground(volume: torch.Tensor) -> torch.Tensor:

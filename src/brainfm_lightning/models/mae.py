@@ -11,10 +11,11 @@ from torch import nn
 
 from brainfm_lightning.masking import padding_aware_mask, visible_index
 from brainfm_lightning.models.hub_formats import MAEHubMixin
-from brainfm_lightning.models.patch_embed import PatchEmbed3d, patch_view, patchify, to_3tuple
+from brainfm_lightning.models.patch_embed import PatchEmbed3d, patch_view, patchify
 from brainfm_lightning.models.pos_embed import sincos_3d
 from brainfm_lightning.models.presets import preset_config
 from brainfm_lightning.models.transformer import ConditionedTransformer
+from brainfm_lightning.sizes import to_3tuple
 
 
 @dataclass

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
+from brainfm_lightning.sizes import to_3tuple
 
-def to_3tuple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
-    """Accept an int or a 3-sequence of positive ints, as MONAI does for sizes."""
-    values = (value,) * 3 if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(values) != 3 or any(v <= 0 for v in values):
-        raise ValueError(f"{name} must be a positive int or three positive ints, got {value!r}")
-    return values  # type: ignore[return-value]
+__all__ = ["PatchEmbed3d", "patch_view", "patchify", "to_3tuple", "unpatchify"]
 
 
 def patch_view(images: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from brainfm_lightning.models.patch_embed import to_3tuple
 from brainfm_lightning.models.pos_embed import interpolate_pos_embed
+from brainfm_lightning.sizes import to_3tuple
 
 EMBEDDING_PREFIXES = ("patch_embed.", "modality_proj.", "pos_embed")
 COMPILE_PREFIX = "_orig_mod."  # what torch.compile's OptimizedModule puts before the wrapped module's keys

@@ -14,11 +14,11 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from brainfm_lightning.evaluation import SEGMENTATION_METRICS
-from brainfm_lightning.models.patch_embed import to_3tuple
 from brainfm_lightning.modules.modality_embedding import injected_hparams_to_ignore
 from brainfm_lightning.modules.schedule import cosine_with_warmup, stepping_batches
 from brainfm_lightning.modules.segmentation import SegmentationModule, check_preprocessing, record_preprocessing
 from brainfm_lightning.modules.transfer import check_optimization
+from brainfm_lightning.sizes import to_3tuple
 
 UnknownPolicy = Literal["error", "ignore"]
 NNUNET_FILTERS = (32, 64, 128, 256, 320)
