@@ -13,7 +13,7 @@ from brainfm_lightning.callbacks.loop_timing import is_logging_step
 from brainfm_lightning.losses import covariance_loss, masked_mse_loss, pretraining_loss, variance_loss
 from brainfm_lightning.models import MAEOutput, ModalityMAE
 from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin, injected_hparams_to_ignore
-from brainfm_lightning.modules.schedule import cosine_with_warmup, parameter_groups, stepping_batches
+from brainfm_lightning.modules.schedule import cosine_with_warmup, parameter_groups, stepping_batches, warmup_steps
 from brainfm_lightning.modules.skipping import SkippedBatchMixin
 
 
@@ -168,9 +168,8 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(parameter_groups(self.net, self.hparams.weight_decay))
         total = stepping_batches(self.trainer)
-        warmup = self.hparams.warmup_steps
-        warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
-        scheduler = cosine_with_warmup(optimizer, total, warmup_steps, self.hparams.min_lr_ratio)
+        warmup = warmup_steps(self.hparams.warmup_steps, total)
+        scheduler = cosine_with_warmup(optimizer, total, warmup, self.hparams.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

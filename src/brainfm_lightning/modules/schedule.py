@@ -11,7 +11,20 @@ import torch
 def cosine_with_warmup(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR that rises linearly for ``warmup_steps`` and then follows a half cosine to ``min_lr_ratio``."""
+    """LambdaLR that rises linearly for ``warmup_steps`` and then follows a half cosine to ``min_lr_ratio``.
+
+    Args:
+        optimizer: The optimizer whose learning rates are scaled.
+        total_steps: Optimizer steps of the whole fit.
+        warmup_steps: Steps of the linear warm-up (see :func:`warmup_steps` for fractions).
+        min_lr_ratio: The final learning rate as a fraction of the peak.
+
+    Returns:
+        The scheduler, to be stepped once per optimizer step.
+
+    Raises:
+        ValueError: ``total_steps`` < 1.
+    """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
 
@@ -24,15 +37,58 @@ def cosine_with_warmup(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def warmup_steps(value: float, total: int) -> int:
+    """The warm-up length in optimizer steps: ``value`` steps when ``value >= 1``, else ``floor(value * total)``.
+
+    Args:
+        value: A step count (>= 1) or a fraction of all steps (< 1), as the modules' ``warmup_steps`` argument.
+        total: Optimizer steps of the whole fit.
+
+    Returns:
+        The number of warm-up steps.
+
+    Raises:
+        ValueError: ``value`` is negative.
+    """
+    if value < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {value}")
+    if value >= 1:
+        return int(value)
+    # 1e-9: the fraction as written, not its binary value (0.29 * 100 is 28.999999999999996 in float64)
+    return math.floor(float(value) * total + 1e-9)
+
+
+def no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """Whether a parameter is exempt from weight decay, as in MAE.
+
+    Exempt are biases and norm parameters (at most one dimension), positional embeddings, mask tokens and the
+    conditional LayerNorm's scale/shift maps.
+
+    Args:
+        name: The parameter's name in its module (``named_parameters``).
+        param: The parameter.
+
+    Returns:
+        ``True`` when it gets no weight decay.
+    """
+    return param.ndim <= 1 or name.endswith(("pos_embed", "mask_token")) or "to_scale_shift" in name
+
+
 def parameter_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norm parameters, positional embeddings and mask tokens (as in MAE)."""
-    decay, no_decay = [], []
+    """The trainable parameters of ``module`` in two groups: with ``weight_decay`` and without (:func:`no_decay`).
+
+    Args:
+        module: The module whose parameters the optimizer updates.
+        weight_decay: Weight decay of the first group.
+
+    Returns:
+        ``[{"params": ..., "weight_decay": weight_decay}, {"params": ..., "weight_decay": 0.0}]``.
+    """
+    decayed, exempt = [], []
     for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_exempt = param.ndim <= 1 or name.endswith(("pos_embed", "mask_token")) or "to_scale_shift" in name
-        (no_decay if is_exempt else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if param.requires_grad:
+            (exempt if no_decay(name, param) else decayed).append(param)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
 def stepping_batches(trainer: L.Trainer) -> int:

@@ -13,7 +13,7 @@ from torch import nn
 from brainfm_lightning.models import ModalityMAE
 from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin
 from brainfm_lightning.modules.pretrained import EMBEDDING_PREFIXES, LoadReport, load_pretrained
-from brainfm_lightning.modules.schedule import cosine_with_warmup, stepping_batches
+from brainfm_lightning.modules.schedule import cosine_with_warmup, no_decay, stepping_batches, warmup_steps
 from brainfm_lightning.modules.skipping import SkippedBatchMixin
 
 FreezeMode = Literal["none", "partial", "full"]
@@ -106,7 +106,7 @@ class TransferModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         depth = len(self.net.encoder.blocks)
         groups: dict[tuple[int, bool], dict[str, Any]] = {}
         for name, param, layer in self._named_trainable():
-            is_exempt = param.ndim <= 1 or name.endswith(("pos_embed", "mask_token")) or "to_scale_shift" in name
+            is_exempt = no_decay(name, param)
             if (layer, is_exempt) not in groups:
                 groups[layer, is_exempt] = {"params": [], "weight_decay": 0.0 if is_exempt else weight_decay,
                                             "lr_scale": layer_decay ** (depth + 1 - layer)}
@@ -119,8 +119,7 @@ class TransferModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         total = stepping_batches(self.trainer)
-        warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
-        scheduler = cosine_with_warmup(optimizer, total, warmup, hp.min_lr_ratio)
+        scheduler = cosine_with_warmup(optimizer, total, warmup_steps(hp.warmup_steps, total), hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

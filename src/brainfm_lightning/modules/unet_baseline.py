@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric
 
 from brainfm_lightning.evaluation import SEGMENTATION_METRICS
 from brainfm_lightning.modules.modality_embedding import injected_hparams_to_ignore
-from brainfm_lightning.modules.schedule import cosine_with_warmup, stepping_batches
+from brainfm_lightning.modules.schedule import cosine_with_warmup, parameter_groups, stepping_batches, warmup_steps
 from brainfm_lightning.modules.segmentation import SegmentationModule, check_preprocessing, record_preprocessing
 from brainfm_lightning.modules.transfer import check_optimization
 from brainfm_lightning.sizes import to_3tuple
@@ -196,13 +196,9 @@ class UNetBaselineModule(SegmentationModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        decayed = [p for p in self.parameters() if p.requires_grad and p.ndim > 1]
-        exempt = [p for p in self.parameters() if p.requires_grad and p.ndim <= 1]  # biases and norms
-        optimizer = self.optimizer_factory([{"params": decayed, "weight_decay": hp.weight_decay},
-                                            {"params": exempt, "weight_decay": 0.0}])
+        optimizer = self.optimizer_factory(parameter_groups(self, hp.weight_decay))  # biases and norms: no decay
         total = stepping_batches(self.trainer)
-        warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
-        scheduler = cosine_with_warmup(optimizer, total, warmup, hp.min_lr_ratio)
+        scheduler = cosine_with_warmup(optimizer, total, warmup_steps(hp.warmup_steps, total), hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
