@@ -44,6 +44,7 @@ bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/loader.py --out loader-results.json
 	$(PY) benchmarks/end_to_end.py --out bench-end-to-end.json
+	$(PY) benchmarks/whole_volume.py --out bench-whole-volume.json
 
 # BrainFM (pretrained, from scratch) vs a fixed-channel U-Net on a SYNTHETIC 4 mm demo set, with all modalities and
 # each one missing: writes compare/results.md and .csv (~20 min on 2 CPU cores; e.g. COMPARE_ARGS="--steps 600").
