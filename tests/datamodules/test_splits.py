@@ -40,3 +40,21 @@ def test_splits_are_seeded(demo_manifest):
 def test_fractions_that_leave_no_training_subject_are_refused(demo_manifest, val, test):
     with pytest.raises(ValueError, match="test_fraction"):
         ManifestDataModule(str(demo_manifest), spacing=4.0, val_fraction=val, test_fraction=test)
+
+
+def test_a_split_column_chooses_the_test_sessions(demo_manifest, tmp_path):
+    """Rows with split=test are what brainfm test evaluates, whatever the fractions say."""
+    lines = demo_manifest.read_text().splitlines()
+    header = lines[0].split(",")
+    assigned = {"sub-001": "test", "sub-002": "val", "sub-003": "test"}
+    rows = [header + ["split"]]
+    for line in lines[1:]:
+        cells = line.split(",")
+        rows.append(cells[:3] + [str(demo_manifest.parent / cells[3])] + cells[4:] +
+                    [assigned.get(cells[0], "train")])
+    manifest = tmp_path / "with_split.csv"
+    manifest.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    data = ManifestDataModule(str(manifest), spacing=4.0, val_fraction=0.5, test_fraction=0.3)
+    assert subjects(data.splits["test"]) == {"sub-001", "sub-003"}
+    assert subjects(data.splits["val"]) == {"sub-002"}
+    assert len(data.test_dataloader().sampler) == 2  # each test session once
