@@ -30,6 +30,7 @@ class SkippedBatchMixin(L.LightningModule):
     together counts once per rank) and in :attr:`skipped_batches` (this rank's). A zero-loss step is still an
     optimizer step: AdamW's weight decay and moments advance as for a batch of zero gradients.
     The agreement runs in ``on_before_batch_transfer``; a datamodule overriding that hook takes it over.
+    :meth:`log_training_loss` logs the loss of the steps that are taken, the same way for every module.
     """
 
     skipped_batches: int = 0  # of this process, since it started
@@ -55,6 +56,16 @@ class SkippedBatchMixin(L.LightningModule):
             if param.requires_grad:
                 loss = loss + param.sum() * 0.0
         return loss
+
+    def log_training_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """Log ``train/loss`` per step and ``train/loss_epoch`` (what ``TrainingSummary`` reports) per epoch.
+
+        Args:
+            loss: The step's loss.
+            batch_size: Sessions in the batch.
+        """
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=batch_size)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         is_skipped = batch is None or self._is_step_skipped

@@ -84,11 +84,6 @@ class TransferModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         """Modality embeddings ``[B, M, modality_dim]`` of a batch's names."""
         return self.modality_embeddings(batch["modalities"], like=batch["images"])
 
-    def log_training_loss(self, loss: torch.Tensor, batch_size: int) -> None:
-        """``train/loss`` per step and ``train/loss_epoch`` (what ``TrainingSummary`` reports) per epoch."""
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=batch_size)
-
     def _named_trainable(self) -> Iterator[tuple[str, nn.Parameter, int]]:
         """``(name, parameter, layer id)`` of trainable parameters; the head's layer is ``depth + 1`` (no decay)."""
         depth = len(self.net.encoder.blocks)

@@ -11,12 +11,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import DynUNet
 from torch import nn
-from torchmetrics import MeanMetric
 
-from brainfm_lightning.evaluation import SEGMENTATION_METRICS
 from brainfm_lightning.modules.modality_embedding import injected_hparams_to_ignore
 from brainfm_lightning.modules.schedule import cosine_with_warmup, parameter_groups, stepping_batches, warmup_steps
-from brainfm_lightning.modules.segmentation import SegmentationModule, check_preprocessing, record_preprocessing
+from brainfm_lightning.modules.segmenter import SegmenterBase
 from brainfm_lightning.modules.transfer import check_optimization
 from brainfm_lightning.sizes import to_3tuple
 
@@ -37,12 +35,13 @@ def to_channels(images: torch.Tensor, channel_one_hot: torch.Tensor, present: to
     return torch.einsum("bm...,bmc->bc...", kept, channel_one_hot * present[..., None].to(images.dtype))
 
 
-class UNetBaselineModule(SegmentationModule):
+class UNetBaselineModule(SegmenterBase):
     """nnU-Net-style segmentation (MONAI ``DynUNet``, instance norm, optional deep supervision) trained from scratch.
 
     Unlike BrainFM it has one input channel per modality of a fixed list: a session's scans go to their channels and
-    the channels of modalities it lacks are zeros. It shares the rest with :class:`SegmentationModule` (DiceCE loss,
-    sliding-window inference, per-case Dice/HD95/sensitivity/specificity, ``test_metrics.csv``, predictions): its
+    the channels of modalities it lacks are zeros. It shares the rest with :class:`SegmentationModule` through
+    :class:`SegmenterBase` (DiceCE loss, sliding-window inference, per-case Dice/HD95/sensitivity/specificity,
+    ``test_metrics.csv``, predictions): its
     :meth:`modality_embeddings` are the one-hot channels of the slots, so it also fits
     :func:`~brainfm_lightning.evaluation.evaluate_modality_subsets`, which drops modalities through ``present``.
 
@@ -84,16 +83,12 @@ class UNetBaselineModule(SegmentationModule):
         sw_batch_size: int = 2,
         sw_overlap: float = 0.25,
     ) -> None:
-        # Skip SegmentationModule.__init__ (it builds an MAE encoder and a modality table). Naming __class__ gives
-        # this frame the cell save_hyperparameters looks for to collect the arguments.
-        super(__class__.__base__, self).__init__()
+        super().__init__(num_classes, voxel_spacing)
         self.channels, self.img_size = list(modalities), to_3tuple(img_size, "img_size")
         if not self.channels or len(set(self.channels)) != len(self.channels) or "" in self.channels:
             raise ValueError(f"modalities must be distinct non-empty names, got {self.channels}")
         if unknown_modalities not in ("error", "ignore"):
             raise ValueError(f"unknown_modalities must be 'error' or 'ignore', got {unknown_modalities!r}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (background and one class), got {num_classes}")
         levels = len(filters)
         if levels < 3:
             raise ValueError(f"filters needs at least 3 resolution levels, got {list(filters)}")
@@ -111,21 +106,12 @@ class UNetBaselineModule(SegmentationModule):
         self.optimizer_factory = optimizer
         dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
         self.loss: nn.Module = DeepSupervisionLoss(dice_ce, weight_mode="exp") if deep_supervision else dice_ce
-        self.spacing: float | Sequence[float] = voxel_spacing or 1.0
-        self.metric_means = nn.ModuleDict({f"{stage}_{name}": MeanMetric(nan_strategy="ignore")
-                                           for stage in ("val", "test") for name in SEGMENTATION_METRICS})
-        self._test_rows: list[dict[str, object]] = []
-        self.return_probabilities = False
         self.channel_index = {name: c for c, name in enumerate(self.channels)}
         self.modality_table = None  # callbacks look for a text-embedding table; a fixed-channel model has none
         self._warned: set[str] = set()
 
-    @property
-    def net(self) -> None:  # type: ignore[override]
-        """No :class:`ModalityMAE` here (``brainfm`` then skips its encoder-size checks)."""
-        return None
-
     def setup(self, stage: str) -> None:
+        """Check the data's crop size and modalities against the U-Net's, then as :class:`SegmenterBase`."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         crop = getattr(datamodule, "crop_size", None)
         if crop is not None and tuple(crop) != self.img_size:
@@ -133,11 +119,7 @@ class UNetBaselineModule(SegmentationModule):
                              "(model.img_size); set them equal")
         if hasattr(datamodule, "modality_names"):
             self.check_modalities(datamodule.modality_names)
-        if self.hparams.voxel_spacing is None:
-            spacing = getattr(datamodule, "spacing", None)
-            if spacing is None and stage != "predict":
-                rank_zero_warn("HD95 is in voxels: set data.spacing or model.voxel_spacing to report millimetres")
-            self.spacing = spacing or 1.0
+        super().setup(stage)
 
     def check_modalities(self, names: Sequence[str]) -> None:
         """Raise (``unknown_modalities: error``) or warn once (``ignore``) about names that have no channel."""
@@ -202,11 +184,13 @@ class UNetBaselineModule(SegmentationModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the channel list (and, as :class:`SegmenterBase`, the preprocessing)."""
         checkpoint["modality_channels"] = list(self.channels)
-        record_preprocessing(self, checkpoint)
+        super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_preprocessing(self, checkpoint)
+        """Refuse a checkpoint of other channels (after :class:`SegmenterBase`'s spacing check)."""
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("modality_channels")
         if saved is not None and list(saved) != self.channels:
             raise ValueError(f"the checkpoint's U-Net channels {list(saved)} differ from model.modalities "
