@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
 
 
 def is_logging_step(trainer: L.Trainer) -> bool:
@@ -23,9 +24,12 @@ def is_logging_step(trainer: L.Trainer) -> bool:
 
 @dataclass
 class StepTiming:
-    """One training batch: milliseconds from the previous batch's end to this one's start (fetch, collation,
-    transfer, device augmentation, other callbacks' end hooks such as checkpointing) and of the step itself
-    (forward, backward, optimizer, logging), with the modality count of each of its sessions."""
+    """The timings of one training batch.
+
+    Milliseconds from the previous batch's end to this one's start (fetch, collation, transfer, device augmentation,
+    other callbacks' end hooks such as checkpointing) and of the step itself (forward, backward, optimizer, logging),
+    with the modality count of each of its sessions.
+    """
 
     data_wait_ms: float
     step_ms: float
@@ -33,7 +37,9 @@ class StepTiming:
 
 
 class LoopTiming(L.Callback):
-    """Logs ``perf/data_wait_ms``, ``perf/step_ms``, ``perf/augment_ms`` (device augmentation, when the datamodule
+    """Times the training loop: where each step's time goes, and whether the loader keeps up.
+
+    Logs ``perf/data_wait_ms``, ``perf/step_ms``, ``perf/augment_ms`` (device augmentation, when the datamodule
     runs it), ``perf/sessions_per_s`` and ``perf/tokens_per_s`` on the training steps the loggers write (every batch
     is timed and kept in :attr:`history`), and prints a one-line summary when fit ends.
 
@@ -61,16 +67,19 @@ class LoopTiming(L.Callback):
         self._totals = {"data_wait_ms": 0.0, "step_ms": 0.0, "augment_ms": 0.0}
         self._counted = 0
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
         self.history.clear()
 
+    @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         now = time.perf_counter()
         self._wait_ms = (now - self._last_end) * 1e3 if self._last_end is not None else 0.0
         self._start = now
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         now = time.perf_counter()
@@ -101,9 +110,11 @@ class LoopTiming(L.Callback):
             metrics["perf/tokens_per_s"] = sum(counts) * tokens_per_modality / seconds
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=max(1, len(counts)))
 
+    @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_end = None  # the time spent validating is not waiting for training data
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         line = self.summary()
         if line:

@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from typing_extensions import override
 
 from brainfm_lightning.data.geometry import to_reference_space, write_like
 
@@ -36,6 +37,7 @@ class EmbeddingWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.output_dir = Path(output_dir) if output_dir is not None else None
 
+    @override
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
@@ -84,11 +86,13 @@ class SegmentationWriter(BasePredictionWriter):
         self.probabilities = probabilities
         self.written: list[Path] = []
 
+    @override
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.predict_loop.return_predictions = False  # whole volumes: written here, not accumulated
         pl_module.return_probabilities = self.probabilities
         self.written = []
 
+    @override
     def write_on_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any, batch_indices: Sequence[int] | None,
         batch: Any, batch_idx: int, dataloader_idx: int,

@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from typing_extensions import override
 
 from brainfm_lightning.models import MAEOutput, unpatchify
 
@@ -129,6 +130,7 @@ class ReconstructionMontage(L.Callback):
         self._batch: dict[str, Any] | None = None
         self._validations = 0
 
+    @override
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
@@ -136,6 +138,7 @@ class ReconstructionMontage(L.Callback):
         if trainer.is_global_zero and batch_idx == 0 and dataloader_idx == 0 and batch is not None:
             self._batch = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
+    @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         batch, self._batch = self._batch, None
         if trainer.sanity_checking or not trainer.is_global_zero or batch is None:

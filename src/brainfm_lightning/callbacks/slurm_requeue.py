@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
 
 
 def next_hpc_checkpoint(folder: str | Path) -> Path:
@@ -48,6 +49,7 @@ class SlurmRequeue(L.Callback):
         self._signum: int | None = None
         self._replaced: Any = None
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # where Lightning's signal connector looks too (single-device strategies have no cluster_environment)
         environment = trainer._accelerator_connector.cluster_environment
@@ -61,6 +63,7 @@ class SlurmRequeue(L.Callback):
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True  # nothing else: no IO and no collectives inside a signal handler
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self._signum is None:
@@ -83,6 +86,7 @@ class SlurmRequeue(L.Callback):
             else:
                 rank_zero_warn(f"Requeuing SLURM job {job} failed ({result.returncode}): {result.stderr.strip()}")
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._signum is not None:
             signal.signal(self._signum, self._replaced)

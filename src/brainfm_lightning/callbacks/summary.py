@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
 
 
 class TrainingSummary(L.Callback):
@@ -17,11 +18,13 @@ class TrainingSummary(L.Callback):
         self.metric = metric
         self.history: list[tuple[int, float]] = []
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.metric)
         if value is not None:
             self.history.append((trainer.current_epoch, float(value)))
 
+    @override
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.history:
@@ -35,8 +38,10 @@ class TrainingSummary(L.Callback):
             if getattr(checkpoint, "best_model_path", "") and getattr(checkpoint, "monitor", None):
                 print(f"best checkpoint ({checkpoint.monitor}): {checkpoint.best_model_path}")
 
+    @override
     def state_dict(self) -> dict:
         return {"history": self.history}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = [tuple(item) for item in state_dict.get("history", [])]

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import lightning as L
+from typing_extensions import override
 
 
 def warmup_scale(step: int, steps_per_epoch: int, warmup_epochs: float) -> float:
@@ -43,6 +44,7 @@ class VICRegWarmup(L.Callback):
             raise ValueError("VICRegWarmup needs steps_per_epoch for a dataloader without a length")
         return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:

@@ -97,10 +97,11 @@ def renamed_batches(batches: Iterable[Mapping[str, Any] | None], renames: Mappin
 
 
 def load_trained(configs: Sequence[str], ckpt_path: str, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
-    """The LightningModule and datamodule of training ``configs`` (as ``brainfm fit`` builds them), with the weights
-    and modality table of ``ckpt_path``.
+    """Build the model and datamodule of training ``configs`` and load the weights of ``ckpt_path`` into the model.
 
-    ``model.pretrained`` is cleared (the checkpoint holds every weight) and ``data.with_label`` is set.
+    The two are built as ``brainfm fit`` builds them (:func:`~brainfm_lightning.commands.config.build_from_configs`),
+    except that ``model.pretrained`` is cleared (the checkpoint holds every weight) and ``data.with_label`` is set;
+    the checkpoint's modality table is loaded before its weights.
 
     Args:
         configs: LightningCLI YAML files, composed left to right.
@@ -110,6 +111,9 @@ def load_trained(configs: Sequence[str], ckpt_path: str, overrides: Sequence[str
     Raises:
         FileNotFoundError: A config or the checkpoint does not exist (named).
         ValueError: Bad override, bad config value, or a checkpoint of another model class or size (named).
+
+    Returns:
+        The LightningModule, with the checkpoint's weights, and the datamodule.
     """
     for path in [*configs, ckpt_path]:  # every missing file before the slow model build
         if not Path(path).is_file():

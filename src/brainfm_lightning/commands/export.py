@@ -55,8 +55,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def net_config(checkpoint: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
-    """The ``ModalityMAE`` arguments of a checkpoint: its ``net_config`` entry, else the ``net`` hyperparameter that
-    ``brainfm fit`` (LightningCLI) saved as ``class_path``/``init_args``."""
+    """The ``ModalityMAE`` arguments of a checkpoint.
+
+    Args:
+        checkpoint: The checkpoint's entries.
+        path: Its file, for the message.
+
+    Returns:
+        Its ``net_config`` entry, else the ``net`` hyperparameter that ``brainfm fit`` (LightningCLI) saved as
+        ``class_path``/``init_args``.
+
+    Raises:
+        ValueError: Neither is there (the message names ``path``).
+    """
     if isinstance(checkpoint.get("net_config"), Mapping):
         return dict(checkpoint["net_config"])
     net = (checkpoint.get("hyper_parameters") or {}).get("net")
@@ -123,6 +134,7 @@ def export_checkpoint(path: str | Path, out: str | Path, data_source: str | None
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """Run ``brainfm export``; returns the exit status (0 written, 2 bad input)."""
     try:
         network = export_checkpoint(args.ckpt, args.out, args.data_source)
     except (FileNotFoundError, FileExistsError, ValueError) as error:

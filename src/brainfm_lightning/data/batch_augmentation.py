@@ -209,6 +209,7 @@ class AugmentingCollate:
         self.seed = seed
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+        """Collate ``samples`` (:func:`pad_collate`) and augment the batch; ``None`` when no sample is usable."""
         batch = pad_collate(samples)
         if batch is None:
             return None

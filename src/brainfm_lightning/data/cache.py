@@ -109,6 +109,7 @@ class PreparedCache:
         return self.folder / name[-2:] / f"{name}.json"
 
     def is_prepared(self, session: Session) -> bool:
+        """Whether ``session`` is in the cache (its JSON record is there and reads)."""
         return self.read(session) is not None
 
     def read(self, session: Session) -> PreparedSession | None:

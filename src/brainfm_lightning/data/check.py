@@ -37,6 +37,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
 
     def summary(self) -> str:
+        """One line: sessions, scans and label masks checked, and the number of problems."""
         return (f"checked {self.sessions} sessions, {self.scans} scans and {self.labels} label masks "
                 f"({self.layout} layout): {len(self.problems)} problem(s)")
 
@@ -50,7 +51,9 @@ def check_dataset(
     on_problem: Callable[[Problem], None] | None = None,
     spacing: float | None = 1.0,
 ) -> CheckReport:
-    """Index a dataset leniently, then load every scan and label mask with :func:`load_scan`'s checks and run each
+    """Read every scan of a dataset as training would, and report each problem with its file.
+
+    Index a dataset leniently, then load every scan and label mask with :func:`load_scan`'s checks and run each
     session's usable scans through the preprocessing training runs (:meth:`SessionPreprocessor.to_grid`: RAS,
     ``spacing``, the reference grid, head foreground and z-score), so what passes here, training reads.
 

@@ -232,7 +232,10 @@ def ensure_demo_dataset(out_dir: str | Path, *, n_subjects: int = 24, seed: int 
 
     Args:
         out_dir: Dataset folder; it must be missing, empty or a previous demo build.
-        n_subjects, seed, spacing, modalities: As in :func:`build_demo_dataset`.
+        n_subjects: As in :func:`build_demo_dataset`.
+        seed: As in :func:`build_demo_dataset`.
+        spacing: As in :func:`build_demo_dataset`.
+        modalities: As in :func:`build_demo_dataset`.
 
     Returns:
         Path of the manifest, ``out_dir / "manifest.csv"``.

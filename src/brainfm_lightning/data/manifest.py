@@ -46,10 +46,12 @@ class Session:
 
     @property
     def session_id(self) -> str:
+        """``subject/session``."""
         return f"{self.subject}/{self.session}"
 
     @property
     def modalities(self) -> list[str]:
+        """The modality names of the session's scans, in order."""
         return [scan.modality for scan in self.scans]
 
 

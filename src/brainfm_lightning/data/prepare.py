@@ -42,6 +42,7 @@ class PrepareReport:
     removed_temp_files: int = 0
 
     def summary(self) -> str:
+        """One line: sessions prepared, reused and failed, and the number of problems."""
         return (f"{self.sessions} sessions: {self.prepared} prepared, {self.reused} already prepared, "
                 f"{self.failed} failed; {len(self.problems)} problem(s)")
 
@@ -155,7 +156,7 @@ def _prepare_one(session: Session, cache: PreparedCache, policy: BadScanPolicy, 
 
 
 def single_thread_worker() -> None:
-    # one process per core: keep each worker's torch and SimpleITK from spawning a thread per core as well
+    """Initialise a worker process: torch and SimpleITK use one thread (one process per core, not per thread)."""
     import SimpleITK as sitk
     import torch
 

@@ -201,7 +201,7 @@ class SessionPreprocessor:
     def _augment(
         self, images: torch.Tensor, label: torch.Tensor | None, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """torchio's random transforms on the crop, seeded from ``rng`` without touching torch's global RNG."""
+        """Apply torchio's random transforms to the crop, seeded from ``rng`` without touching torch's global RNG."""
         seed = int(rng.integers(2**62))
         parts = {f"scan{i}": tio.ScalarImage(tensor=images[i : i + 1]) for i in range(images.shape[0])}
         if label is not None:

@@ -105,10 +105,12 @@ class ResumableDataLoader(DataLoader):
         self.position = position
 
     def state_dict(self) -> dict[str, int]:
+        """The loader's position: ``epoch`` and ``batches`` read in it (saved in checkpoints by Lightning)."""
         epoch, batches = self.position()
         return {"epoch": epoch, "batches": batches}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume from a position :meth:`state_dict` saved."""
         # Lightning swaps in a plain sampler for overfit_batches; that sampler has no position to restore
         if not isinstance(self.sampler, EpochSampler):
             return

@@ -21,6 +21,7 @@ from monai.networks.utils import one_hot
 from torchmetrics import MeanAbsoluteError, MetricCollection, R2Score
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy, MulticlassAUROC
 from torchmetrics.utilities import dim_zero_cat
+from typing_extensions import override
 
 Task = Literal["binary", "multiclass", "regression"]
 SEGMENTATION_METRICS = ("dice", "hd95", "sensitivity", "specificity")
@@ -156,6 +157,7 @@ def write_metrics_csv(
 class DefinedBinaryAUROC(BinaryAUROC):
     """torchmetrics' binary AUROC, but NaN (not 0 with a warning) when the targets hold a single class."""
 
+    @override
     def compute(self) -> torch.Tensor:
         if dim_zero_cat(self.target).unique().numel() < 2:
             return torch.tensor(float("nan"))
@@ -165,6 +167,7 @@ class DefinedBinaryAUROC(BinaryAUROC):
 class DefinedMulticlassAUROC(MulticlassAUROC):
     """torchmetrics' one-vs-rest multiclass AUROC, but NaN when a class is absent from the targets."""
 
+    @override
     def compute(self) -> torch.Tensor:
         if dim_zero_cat(self.target).unique().numel() < self.num_classes:
             return torch.tensor(float("nan"))
@@ -172,7 +175,7 @@ class DefinedMulticlassAUROC(MulticlassAUROC):
 
 
 def classification_metric_collection(task: Task, num_classes: int = 2, prefix: str = "") -> MetricCollection:
-    """torchmetrics accumulators: ``acc`` and ``auc`` (binary, multiclass) or ``mae`` and ``r2`` (regression).
+    """The torchmetrics accumulators: ``acc`` and ``auc`` (binary, multiclass) or ``mae`` and ``r2`` (regression).
 
     Binary scores are probabilities of class 1 ``[N]``; multiclass scores are probabilities ``[N, C]``. AUC is NaN
     when a class is absent from the targets (undefined), not torchmetrics' 0.

@@ -17,10 +17,14 @@ from brainfm_lightning.evaluation.native import native_case_metrics
 class SubsetSegmenter(Protocol):
     """What :func:`evaluate_modality_subsets` needs (``SegmentationModule`` provides it)."""
 
-    def modality_embeddings(self, modalities: Sequence[Sequence[str]], like: torch.Tensor) -> torch.Tensor: ...
+    def modality_embeddings(self, modalities: Sequence[Sequence[str]], like: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``[B, M, E]`` of a batch's slot names, on ``like``'s device and dtype."""
+        ...
 
     def predict_logits(self, images: torch.Tensor, modality_embeddings: torch.Tensor,
-                       present: torch.Tensor) -> torch.Tensor: ...
+                       present: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, K, *S]`` of volumes ``[B, M, *S]`` of any size."""
+        ...
 
 
 def modality_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:

@@ -30,6 +30,7 @@ class ConditionalLayerNorm(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Start as the identity normalisation: gamma = 1, beta = 0 for every modality embedding."""
         nn.init.zeros_(self.to_scale_shift.weight)
         with torch.no_grad():
             self.to_scale_shift.bias.zero_()

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, snapshot_download
+from typing_extensions import override
 
 from brainfm_lightning.modalities.table import ModalityTable
 
@@ -99,8 +100,9 @@ class HubMixin(PyTorchModelHubMixin, library_name="brainfm-lightning", model_car
         raise NotImplementedError
 
     def load_weights(self, state: Mapping[str, torch.Tensor], source: str) -> None:
-        """Load ``state`` strictly: raise ``ValueError`` naming each contradicted config key, else each missing,
-        unexpected or reshaped weight.
+        """Load ``state`` strictly.
+
+        A ``ValueError`` names each contradicted config key, else each missing, unexpected or reshaped weight.
 
         Args:
             state: Tensor name -> tensor, as ``state_dict()`` names them.
@@ -139,6 +141,7 @@ class HubMixin(PyTorchModelHubMixin, library_name="brainfm-lightning", model_car
         else:
             table_path.unlink(missing_ok=True)  # a table of an earlier export would not belong to these weights
 
+    @override
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         facts = self.card_facts()
         table = self.modality_table

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import torch
+from typing_extensions import override
 
 from brainfm_lightning.models.hub import HubMixin, check_config_keys, sizes_text
 
@@ -24,9 +25,11 @@ class MAEHubMixin(HubMixin):
     tokens_per_modality: int
     patch_voxels: int
 
+    @override
     def hub_config(self) -> dict[str, Any]:
         return dict(self.config) | {"img_size": list(self.img_size), "patch_size": list(self.patch_size)}
 
+    @override
     @classmethod
     def from_hub_config(cls: type[T], config: Mapping[str, Any]) -> T:
         check_config_keys(config, cls)
@@ -61,6 +64,7 @@ class MAEHubMixin(HubMixin):
                             f"{self.tokens_per_modality} tokens per modality, the weights hold {tokens}")
         return problems
 
+    @override
     def card_facts(self) -> dict[str, str]:
         config = self.config
         return {"architecture": type(self).__name__, "module": "brainfm_lightning.models",
@@ -80,10 +84,12 @@ class SegmenterHubMixin(HubMixin):
     feature_size: int
     feature_layers: list[int]
 
+    @override
     def hub_config(self) -> dict[str, Any]:
         return {"net": self.net.hub_config(), "num_classes": self.num_classes, "feature_size": self.feature_size,
                 "feature_layers": self.feature_layers[:-1]}  # the last is always the encoder's depth
 
+    @override
     @classmethod
     def from_hub_config(cls: type[T], config: Mapping[str, Any]) -> T:
         from brainfm_lightning.models.mae import ModalityMAE
@@ -94,6 +100,7 @@ class SegmenterHubMixin(HubMixin):
         head = {k: v for k, v in config.items() if k != "net"}
         return cls(ModalityMAE.from_hub_config(config["net"]), **head)
 
+    @override
     def config_mismatches(self, state: Mapping[str, torch.Tensor]) -> list[str]:
         problems = self.net.config_mismatches(state, "net.")
         out = state.get("decoder.out.conv.conv.weight")  # [num_classes, feature_size, 1, 1, 1]
@@ -104,6 +111,7 @@ class SegmenterHubMixin(HubMixin):
                          if int(out.shape[dim]) != value]
         return problems
 
+    @override
     def card_facts(self) -> dict[str, str]:
         facts = self.net.card_facts() | {"architecture": type(self).__name__, "module": type(self).__module__}
         facts["summary"] = (f"A {self.num_classes}-class segmenter for brain MRI (UNETR decoder) on a "

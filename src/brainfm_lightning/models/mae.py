@@ -39,7 +39,7 @@ class MAEOutput:
 
     @property
     def is_masked(self) -> torch.Tensor:
-        """bool [B, N]: hidden from the encoder and not padding; the reconstruction loss covers these."""
+        """Positions hidden from the encoder and not padding, bool [B, N]; the reconstruction loss covers these."""
         return self.valid & ~self.keep
 
     @property

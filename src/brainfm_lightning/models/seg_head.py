@@ -178,7 +178,7 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
         self.feature_layers = layers + [depth]
 
     def forward(self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """images [B, M, *img_size], modality_embeddings [B, M, Cm], present bool [B, M] -> logits [B, C, *img_size]."""
+        """Logits [B, C, *img_size] of images [B, M, *img_size], modality_embeddings [B, M, Cm], present bool [B, M]."""
         states, valid = encoder_hidden_states(self.net, images, modality_embeddings, present, self.feature_layers)
         volumes = [fuse_modalities(x, valid, self.net.grid) for x in states]
         return self.decoder(mean_over_present(images, present), volumes[:-1], volumes[-1])

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from brainfm_lightning.evaluation.metrics import Task, classification_metric_collection
 from brainfm_lightning.models import ModalityMAE
@@ -153,6 +154,7 @@ class ClassificationModule(TransferModule):
             return F.binary_cross_entropy_with_logits(outputs, targets), outputs.sigmoid(), targets.long()
         return F.mse_loss(outputs, targets), outputs, targets
 
+    @override
     def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor:
         if batch is None:  # every session was bad input; Lightning's loop skips such batches before this
             return self.skipped_step_loss()
@@ -168,10 +170,12 @@ class ClassificationModule(TransferModule):
         metrics.update(scores.detach(), targets)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=batch_size)
 
+    @override
     def validation_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
         if batch is not None:
             self._evaluate(batch, "val")
 
+    @override
     def test_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
         if batch is not None:
             self._evaluate(batch, "test")

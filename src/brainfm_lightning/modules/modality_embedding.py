@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.core.mixins import hparams_mixin
+from typing_extensions import override
 
 from brainfm_lightning.modalities import ModalityTable, TextEncoder
 
@@ -83,10 +84,12 @@ class ModalityEmbeddingMixin(L.LightningModule):
         rows = torch.tensor([[self._embedding_rows.get(n, 0) for n in row] for row in modalities], device=like.device)
         return self._embedding_matrix[rows].to(like.dtype)
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.modality_table is not None:
             checkpoint["modality_table"] = self.modality_table.to_state()
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "modality_table" not in checkpoint:
             return

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from typing_extensions import override
 
 from brainfm_lightning.callbacks.loop_timing import is_logging_step
 from brainfm_lightning.losses import covariance_loss, masked_mse_loss, pretraining_loss, variance_loss
@@ -78,11 +79,13 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         self._blocks_compiled = False
         self._init_modality_table()
 
+    @override
     def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> MAEOutput:
         images = batch["images"]
         return self.net(images, self.modality_embeddings(batch["modalities"], images), batch["present"], generator)
 
     def compute_losses(self, out: MAEOutput) -> dict[str, torch.Tensor]:
+        """The terms of ``L = L_MAE + lambda_var * L_var + lambda_cov * L_cov``, their sum and the ramped weights."""
         z = out.visible_features()
         terms = {
             "loss_mae": masked_mse_loss(out.pred_masked, out.target_masked, norm_pix_loss=self.hparams.norm_pix_loss),
@@ -95,6 +98,7 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
                                          lambda_var, lambda_cov)
         return terms | {"lambda_var": torch.tensor(lambda_var), "lambda_cov": torch.tensor(lambda_cov)}
 
+    @override
     def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor:
         if batch is None:  # every session was bad input; Lightning's loop skips such batches before this
             return self.skipped_step_loss()
@@ -132,6 +136,7 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
         return torch.Generator(device=device).manual_seed(seed)
 
+    @override
     def validation_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
         if batch is None:
             return
@@ -141,6 +146,7 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         self.log_dict({f"val/{k}": v for k, v in terms.items() if k.startswith("loss")},
                       batch_size=len(batch["session_ids"]), sync_dist=True)
 
+    @override
     def test_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
         if batch is None:
             return
@@ -165,6 +171,7 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
             self.net.decoder.compile_blocks(**options)
             self._blocks_compiled = True
 
+    @override
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(parameter_groups(self.net, self.hparams.weight_decay))
         total = stepping_batches(self.trainer)
@@ -172,6 +179,7 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         scheduler = cosine_with_warmup(optimizer, total, warmup, self.hparams.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["net_config"] = dict(self.net.config)  # rebuilds the network without Lightning

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from monai.inferers import sliding_window_inference
 from torch import nn
 from torchmetrics import MeanMetric
+from typing_extensions import override
 
 from brainfm_lightning.callbacks.prediction_writer import SegmentationWriter
 from brainfm_lightning.evaluation import SEGMENTATION_METRICS, segmentation_metrics, segmentation_rows
@@ -55,8 +56,16 @@ def sliding_window_logits(
 def flip_averaged_probabilities(
     logits_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, flip_axes: Sequence[int] = ()
 ) -> torch.Tensor:
-    """Softmax of ``logits_of(images)`` averaged with the passes on ``images`` mirrored along each spatial axis in
-    ``flip_axes`` (0, 1, 2 of ``[B, C, *S]``), each mirrored back before averaging (flip test-time augmentation).
+    """Flip test-time augmentation: softmax averaged over the plain and the mirrored passes.
+
+    Args:
+        logits_of: Logits ``[B, K, *S]`` of volumes ``[B, C, *S]``.
+        images: ``[B, C, *S]``.
+        flip_axes: Spatial axes (0, 1, 2 of ``*S``) along each of which ``images`` is also mirrored, predicted and
+            mirrored back.
+
+    Raises:
+        ValueError: An axis that is not 0, 1 or 2.
 
     Returns:
         float32 probabilities ``[B, K, *S]`` on the device ``logits_of`` returns.
@@ -133,8 +142,7 @@ class SegmenterBase(SkippedBatchMixin):
         self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
         flip_axes: Sequence[int] = (),
     ) -> torch.Tensor:
-        """Softmax ``[B, num_classes, *S]`` of :meth:`predict_logits`, with flip test-time augmentation
-        (:func:`flip_averaged_probabilities`)."""
+        """Softmax ``[B, num_classes, *S]`` of :meth:`predict_logits`, with :func:`flip_averaged_probabilities`."""
         return flip_averaged_probabilities(lambda x: self.predict_logits(x, modality_embeddings, present), images,
                                            flip_axes)
 
@@ -147,6 +155,7 @@ class SegmenterBase(SkippedBatchMixin):
                              f"model.num_classes={self.hparams.num_classes}")
         return label
 
+    @override
     def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor:
         if batch is None:  # every session was bad input; Lightning's loop skips such batches before this
             return self.skipped_step_loss()
@@ -179,6 +188,7 @@ class SegmenterBase(SkippedBatchMixin):
         self._log_metrics(metrics, stage, len(batch["session_ids"]))
         return metrics, prediction, label
 
+    @override
     def validation_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
         if batch is not None:
             self._evaluate(batch, "val")
@@ -253,8 +263,10 @@ class SegmenterBase(SkippedBatchMixin):
 
 
 def record_preprocessing(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-    """Store the datamodule's ``spacing`` and ``crop_size`` in ``checkpoint["preprocessing"]``, so that segmenting a
-    new scan from the checkpoint alone (``brainfm segment``) preprocesses it as training did."""
+    """Store the datamodule's ``spacing`` and ``crop_size`` in ``checkpoint["preprocessing"]``.
+
+    Segmenting a new scan from the checkpoint alone (``brainfm segment``) then preprocesses it as training did.
+    """
     datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
     if datamodule is None:
         return
@@ -264,8 +276,10 @@ def record_preprocessing(module: L.LightningModule, checkpoint: dict[str, Any]) 
 
 
 def check_preprocessing(module: L.LightningModule, checkpoint: Mapping[str, Any]) -> None:
-    """Warn when the datamodule resamples to another spacing than the checkpoint was trained on (the network then
-    sees anatomy at another scale), naming both values and the fix."""
+    """Warn when the datamodule resamples to another spacing than the checkpoint was trained on.
+
+    The network would then see anatomy at another scale; the warning names both values and the fix.
+    """
     trained = (checkpoint.get("preprocessing") or {}).get("spacing")
     datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
     current = getattr(datamodule, "spacing", None)

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from typing_extensions import override
 
 # Lightning warns whenever a module overrides a batch hook and a datamodule is passed; this one is meant to run
 warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
@@ -36,6 +37,7 @@ class SkippedBatchMixin(L.LightningModule):
     skipped_batches: int = 0  # of this process, since it started
     _is_step_skipped: bool = False
 
+    @override
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = self._trainer
         if trainer is None or not trainer.training:
@@ -67,6 +69,7 @@ class SkippedBatchMixin(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=batch_size)
 
+    @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         is_skipped = batch is None or self._is_step_skipped
         self._is_step_skipped = False

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from typing_extensions import override
 
 from brainfm_lightning.models import ModalityMAE
 from brainfm_lightning.modules.modality_embedding import ModalityEmbeddingMixin
@@ -108,6 +109,7 @@ class TransferModule(SkippedBatchMixin, ModalityEmbeddingMixin):
             groups[layer, is_exempt]["params"].append(param)
         return list(groups.values())
 
+    @override
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = self.optimizer_factory(self.parameter_groups(hp.weight_decay, hp.layer_decay))

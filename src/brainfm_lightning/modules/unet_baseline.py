@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import DynUNet
 from torch import nn
+from typing_extensions import override
 
 from brainfm_lightning.modules.modality_embedding import injected_hparams_to_ignore
 from brainfm_lightning.modules.schedule import cosine_with_warmup, parameter_groups, stepping_batches, warmup_steps
@@ -148,6 +149,7 @@ class UNetBaselineModule(SegmenterBase):
         return one_hot
 
     def embed_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """One-hot channels ``[B, M, C]`` of the batch's slots (:meth:`modality_embeddings`)."""
         return self.modality_embeddings(batch["modalities"], like=batch["images"])
 
     def forward(  # type: ignore[override]
@@ -176,6 +178,7 @@ class UNetBaselineModule(SegmenterBase):
             return self._main_logits(channels)
         return self._sliding_window(channels, self._main_logits, self.img_size)
 
+    @override
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = self.optimizer_factory(parameter_groups(self, hp.weight_decay))  # biases and norms: no decay
