@@ -1,5 +1,6 @@
 """brainfm export: checkpoints of brainfm fit -> folders that a fresh process loads bit for bit, without pickle."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,11 @@ def segmentation_checkpoint(demo_root, tmp_path_factory) -> Path:
 def export(ckpt: Path, out: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--data-source", "SYNTHETIC demo (test)"]) == 0
     assert str(out) in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == FILES
+    recorded = torch.load(ckpt, map_location="cpu", weights_only=True).get("preprocessing")
+    extra = ["preprocessing.json"] if recorded else []  # a fine-tuned segmenter's training spacing
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES + extra)
+    if recorded:
+        assert json.loads((out / "preprocessing.json").read_text()) == recorded
     assert_no_pickle(out)
 
 

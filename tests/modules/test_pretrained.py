@@ -86,3 +86,22 @@ def test_a_larger_fine_tune_crop_gets_interpolated_positional_embeddings(pretrai
     logits = module.eval()(torch.randn(1, 2, 48, 48, 48), module.modality_embeddings([["T1", "T2"]], torch.zeros(1)),
                            torch.ones(1, 2, dtype=torch.bool))
     assert logits.shape == (1, 2, 48, 48, 48) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("exported", ["encoder", "segmenter"])
+def test_an_export_folder_fills_the_encoder_like_its_checkpoint(pretrained, tmp_path, exported):
+    """model.pretrained also takes a brainfm export / save_pretrained folder (no pickle): an encoder's, or a
+    fine-tuned segmenter's, whose encoder is taken."""
+    from brainfm_lightning.models.seg_head import ModalityUNETR
+
+    network = pretrained[1]
+    if exported == "encoder":
+        network.save_pretrained(tmp_path / "export")
+    else:
+        ModalityUNETR(network, num_classes=2, feature_size=4).save_pretrained(tmp_path / "export")
+    module = MODULES["segmentation"](pretrained=str(tmp_path / "export"))
+    report, source = module.pretrained_report, network.state_dict()
+    assert report.missing == report.unexpected == report.mismatched == []
+    assert all(torch.equal(v, source[k]) for k, v in module.net.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        MODULES["segmentation"](pretrained=str(tmp_path))

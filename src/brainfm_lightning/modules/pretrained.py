@@ -60,6 +60,42 @@ def checkpoint_grid(checkpoint: dict[str, Any], tokens: int) -> tuple[int, int, 
     return (side, side, side) if side**3 == tokens else None
 
 
+def read_exported(folder: str | Path, prefix: str = "net.") -> dict[str, Any]:
+    """Read an exported folder in the shape of a pretraining checkpoint.
+
+    ``config.json``, ``model.safetensors`` and ``modality_table.safetensors`` become ``net_config``, a
+    ``state_dict`` with ``prefix`` keys and ``modality_table``. A segmenter's export (its encoder config under
+    ``net``, its encoder weights under ``net.``) yields its encoder.
+
+    Raises:
+        FileNotFoundError: ``config.json`` or ``model.safetensors`` is missing (named).
+        ValueError: An unreadable file (named).
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    from brainfm_lightning.modalities import ModalityTable
+
+    folder = Path(folder)
+    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
+    for file in (config_path, weights_path):
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} not found: model.pretrained must be a checkpoint or an export folder")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        weights = load_file(weights_path)
+    except Exception as error:  # JSON or safetensors errors of a damaged file
+        raise ValueError(f"{folder}: unreadable export ({type(error).__name__}: {error})") from error
+    is_segmenter = isinstance(config.get("net"), dict)
+    net_config = config["net"] if is_segmenter else config
+    state = ({k.replace("net.", prefix, 1): v for k, v in weights.items() if k.startswith("net.")} if is_segmenter
+             else {f"{prefix}{k}": v for k, v in weights.items()})
+    table_path = folder / "modality_table.safetensors"
+    table = ModalityTable.load(table_path).to_state() if table_path.is_file() else None
+    return {"state_dict": state, "net_config": net_config, "modality_table": table}
+
+
 def load_pretrained(
     net: nn.Module, path: str | Path, prefix: str = "net.", allow_partial: bool = False
 ) -> tuple[LoadReport, dict | None]:
@@ -73,7 +109,9 @@ def load_pretrained(
 
     Args:
         net: The network to fill (a :class:`ModalityMAE`).
-        path: A ``.ckpt`` written by ``brainfm fit`` (``MAEPretrainModule``).
+        path: A ``.ckpt`` written by ``brainfm fit`` (``MAEPretrainModule``), or a folder written by
+            ``brainfm export`` / ``save_pretrained`` (a ``ModalityMAE``, or a ``ModalityUNETR`` whose encoder is
+            taken), read without pickle.
         prefix: Prefix of the network's keys in the checkpoint's ``state_dict``.
         allow_partial: Load what matches and keep the rest at initialisation (reported) instead of raising.
 
@@ -85,9 +123,12 @@ def load_pretrained(
         ValueError: The file holds no ``state_dict`` with ``prefix`` keys, or (unless ``allow_partial``) an
             encoder weight is missing, unexpected or of another shape (each key named).
     """
-    if not Path(path).is_file():
+    if Path(path).is_dir():
+        checkpoint = read_exported(path, prefix)
+    elif Path(path).is_file():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    else:
         raise FileNotFoundError(f"pretrained checkpoint not found: {path} (model.pretrained)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = {}
     for key, value in checkpoint.get("state_dict", {}).items():
         key = key.replace(COMPILE_PREFIX, "")
