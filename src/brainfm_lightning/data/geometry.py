@@ -9,6 +9,8 @@ the reference outside the predicted grid are background.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,7 +89,7 @@ def write_like(data: np.ndarray, reference: str | Path, path: str | Path, dtype:
     (``dtype`` uint8 by default, no scaling); float maps are written as float32.
 
     Returns:
-        The path written (parents are created).
+        The path written (parents are created), atomically.
     """
     reference_image = nib.load(reference)
     shape = tuple(reference_image.shape[:3])
@@ -106,5 +108,12 @@ def write_like(data: np.ndarray, reference: str | Path, path: str | Path, dtype:
     image.set_data_dtype(dtype)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, path)
+    # under a temporary name, then renamed: a reader (or a second rank writing the same case) never sees half a file
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    temp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+    try:
+        nib.save(image, temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
     return path
