@@ -272,6 +272,12 @@ class ManifestDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader | list:
         return self._loader(self.splits["test"], train=False) if self.splits["test"] else []
 
+    def evaluation_dataloader(self, split: str) -> DataLoader:
+        """Any split (``train``, ``val``, ``test``) as validation serves it: no augmentation, each session once."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        return self._loader(self.splits[split], train=False)
+
     def predict_dataloader(self) -> DataLoader:
         """Every session of the dataset; label masks are never needed (a manifest without label rows works)."""
         return self._loader(self.sessions, train=False, with_label=False)

@@ -36,7 +36,8 @@ Training (LightningCLI; configs compose left to right, every dotted key can be o
 Tools:
   data        demo | check | prepare     build the demo data, check a dataset, prepare the cache
   modalities  embed | similarity         modality text embeddings
-  evaluate    robustness                 score a checkpoint on every subset of the modalities
+  evaluate    robustness | reconstruction   a segmenter on every subset of the modalities; a pretrained MAE
+                                         against an average-brain template
   segment     --ckpt CKPT --scan NAME=PATH ... --out MASK.nii.gz
                                          one case's mask on its own grid, no config needed
   export      --ckpt CKPT --out DIR      a checkpoint's network as config.json + model.safetensors (from_pretrained)

@@ -141,9 +141,11 @@ class _ToolCLI(BrainFMCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Also accept ``--ckpt_path``, so that the ``config.yaml`` a fit run saved parses."""
+        """Also accept ``--ckpt_path`` and ``--weights_only``, so that the ``config.yaml`` a fit run saved parses."""
         super().add_arguments_to_parser(parser)
         parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="Accepted so that the config.yaml a fit run saved parses; unused.")
+        parser.add_argument("--weights_only", type=bool | None, default=None,
                             help="Accepted so that the config.yaml a fit run saved parses; unused.")
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

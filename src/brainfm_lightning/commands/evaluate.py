@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from brainfm_lightning.commands.config import build_from_configs, parse_set_overrides
+from brainfm_lightning.commands.config import ConfigurationError, build_from_configs, parse_set_overrides
 
 _EXIT_BAD_INPUT = 2
 
@@ -50,10 +50,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     robustness.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                             help="Where to run the model (default: %(default)s, a GPU when there is one).")
     robustness.set_defaults(func=run_robustness)
+    reconstruction = subparsers.add_parser(
+        "reconstruction",
+        help="Masked-patch error of a pretrained MAE beside an average-brain template, and with names rotated.",
+        description="Build the pretraining model and datamodule from the training configs, load the checkpoint's "
+                    "weights and score, on the same masked patches of every validation session (centred crops, "
+                    "--seeds mask draws each): the network's reconstruction, the template (the mean training patch "
+                    "of the same sequence at the same grid position), zeros, and the network with each session's "
+                    "sequence names rotated (tells whether the modality embedding is used). Prints a markdown "
+                    "table and writes reconstruction.json to --out. Exit status: 0 done, 2 bad input.",
+        epilog="example: brainfm evaluate reconstruction --config configs/pretrain/quickstart.yaml "
+               "--ckpt_path runs/quickstart/lightning_logs/version_0/checkpoints/last.ckpt")
+    reconstruction.add_argument("--config", action="append", required=True, metavar="CONFIG.yaml",
+                                help="LightningCLI pretraining config; repeat to compose (later files override).")
+    reconstruction.add_argument("--ckpt_path", "--ckpt-path", required=True, metavar="CKPT",
+                                help="Pretraining checkpoint written by brainfm fit.")
+    reconstruction.add_argument("--out", default=None, metavar="DIR",
+                                help="Output folder (default: the checkpoint's folder).")
+    reconstruction.add_argument("--seeds", type=int, default=5, metavar="N",
+                                help="Mask draws per session (default: %(default)s).")
+    reconstruction.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                                help="Override a config value, as --KEY VALUE does for brainfm fit; repeatable.")
+    reconstruction.set_defaults(func=run_reconstruction)
 
 
-def _fail(message: str) -> int:
-    print(f"brainfm evaluate robustness: error: {message}", file=sys.stderr)
+def _fail(message: str, command: str = "robustness") -> int:
+    print(f"brainfm evaluate {command}: error: {message}", file=sys.stderr)
     return _EXIT_BAD_INPUT
 
 
@@ -96,7 +118,8 @@ def renamed_batches(batches: Iterable[Mapping[str, Any] | None], renames: Mappin
         yield moved
 
 
-def load_trained(configs: Sequence[str], ckpt_path: str, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
+def load_trained(configs: Sequence[str], ckpt_path: str, overrides: Sequence[str] = (),
+                 with_label: bool = True) -> tuple[Any, Any]:
     """Build the model and datamodule of training ``configs`` and load the weights of ``ckpt_path`` into the model.
 
     The two are built as ``brainfm fit`` builds them (:func:`~brainfm_lightning.commands.config.build_from_configs`),
@@ -107,6 +130,7 @@ def load_trained(configs: Sequence[str], ckpt_path: str, overrides: Sequence[str
         configs: LightningCLI YAML files, composed left to right.
         ckpt_path: A checkpoint of the same model class and sizes.
         overrides: ``KEY=VALUE`` pairs, as ``--KEY VALUE`` of ``brainfm fit`` (e.g. ``data.init_args.root=DIR``).
+        with_label: Set ``data.with_label`` and require label masks (segmentation).
 
     Raises:
         FileNotFoundError: A config or the checkpoint does not exist (named).
@@ -118,9 +142,11 @@ def load_trained(configs: Sequence[str], ckpt_path: str, overrides: Sequence[str
     for path in [*configs, ckpt_path]:  # every missing file before the slow model build
         if not Path(path).is_file():
             raise FileNotFoundError(f"{'checkpoint' if path == ckpt_path else 'config'} not found: {path}")
-    module, datamodule = build_from_configs(configs, parse_set_overrides(overrides),
-                                            replace={"model": {"pretrained": None}, "data": {"with_label": True}})
-    if getattr(datamodule, "with_label", True) is not True:
+    replace: dict[str, dict[str, Any]] = {"model": {"pretrained": None}}
+    if with_label:
+        replace["data"] = {"with_label": True}
+    module, datamodule = build_from_configs(configs, parse_set_overrides(overrides), replace=replace)
+    if with_label and getattr(datamodule, "with_label", True) is not True:
         raise ValueError(f"{type(datamodule).__name__} serves no label masks; robustness needs them")
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -179,4 +205,36 @@ def run_robustness(args: argparse.Namespace) -> int:
         return _fail(str(error))
     print(f"robustness of {args.ckpt_path} on the test split, per modality subset (written to {out}):")
     print(markdown_table(summary), end="")
+    return 0
+
+
+def run_reconstruction(args: argparse.Namespace) -> int:
+    """Run ``brainfm evaluate reconstruction`` with parsed arguments; returns the exit status."""
+    import json
+
+    from brainfm_lightning.evaluation.reconstruction import masked_patch_errors, patch_template
+
+    try:
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        module, datamodule = load_trained(args.config, args.ckpt_path, args.overrides, with_label=False)
+        net = getattr(module, "net", None)
+        if net is None or not hasattr(datamodule, "evaluation_dataloader"):
+            raise ValueError("reconstruction needs a pretraining model (model.net) and a manifest-style datamodule")
+        if module.hparams.get("norm_pix_loss"):
+            raise ValueError("the checkpoint was trained with norm_pix_loss: its output is not in voxel units")
+    except (FileNotFoundError, ValueError, ConfigurationError) as error:
+        return _fail(str(error), "reconstruction")
+    module.eval()
+    template = patch_template(net, datamodule.evaluation_dataloader("train"))
+    errors = masked_patch_errors(net, lambda names, like: module.modality_embeddings(names, like=like),
+                                 datamodule.evaluation_dataloader("val"), template, seeds=range(args.seeds))
+    out = Path(args.out) if args.out else Path(args.ckpt_path).parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reconstruction.json").write_text(json.dumps(errors, indent=1) + "\n")
+    print(f"masked-patch MSE on the validation sessions ({int(errors['patches'])} patches, {args.seeds} mask seeds; "
+          f"z-scored voxels):")
+    print("| model | template | zeros | names rotated | rotated / model |\n|---|---|---|---|---|")
+    print(f"| {errors['model']:.3f} | {errors['template']:.3f} | {errors['zeros']:.3f} | {errors['names_rotated']:.3f} "
+          f"| {errors['rotated_over_model']:.3f} |")
     return 0
