@@ -29,7 +29,7 @@ import numpy as np
 
 from brainfm_lightning.data.manifest import Problem, Session
 
-FORMAT_VERSION = 3  # 2: sessions are cropped to the head's bounding box; 3: Otsu head foreground
+FORMAT_VERSION = 4  # 2: sessions are cropped to the head's bounding box; 3-4: Otsu head foreground
 NORMALIZATION = "zscore-otsu-head"  # what SessionPreprocessor.to_grid does; part of the key
 TEMP_MARK = ".tmp-"
 CACHE_DTYPES = ("float16", "float32")

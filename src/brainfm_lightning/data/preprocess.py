@@ -14,19 +14,30 @@ from skimage.filters import threshold_otsu
 from brainfm_lightning.sizes import to_3tuple
 
 
-def foreground(volume: torch.Tensor) -> torch.Tensor:
-    """Head foreground of one scan ``[X, Y, Z]``: above Otsu's threshold, holes filled.
+def foreground(volume: torch.Tensor, rim: int = 2) -> torch.Tensor:
+    """Head foreground of one scan ``[X, Y, Z]``: Otsu's head region, holes filled, grown, above the minimum.
 
-    Works with and without skull stripping: Otsu's threshold (scikit-image) separates the air or the zero-filled
-    background from the head whether the background is noise (a raw scan, where "above the minimum" would be the
-    whole field of view) or exactly constant (a skull-stripped scan); enclosed dark regions (ventricles, the skull's
-    signal void) are filled back in. A scan whose values are all equal has no foreground.
+    Works with and without skull stripping. Otsu's threshold (scikit-image) separates the head from the air whether
+    the background is noise (a raw scan, where "above the minimum" alone would be the whole field of view) or
+    exactly constant (a skull-stripped or zero-filled scan). Only the largest connected bright region is kept (no
+    specks of noise or artefact in the air), and enclosed dark regions (ventricles, the skull's signal void) are
+    filled back in. Otsu's region leaves out the darkest tissue at the edge of a skull-stripped brain (sulcal CSF),
+    so it is grown by ``rim`` voxels and cut back to the voxels above the minimum: for skull-stripped data that is
+    the whole brain mask (the usual nonzero mask), for a raw scan the head with a thin rim of air. A scan whose
+    values are all equal has no foreground.
     """
     values = volume.numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
     if values.min() == values.max():
         return torch.zeros(values.shape, dtype=torch.bool)
-    mask = ndimage.binary_fill_holes(values > threshold_otsu(values))
-    return torch.from_numpy(mask)
+    components, count = ndimage.label(values > threshold_otsu(values))
+    if count > 1:  # the head is the largest bright region; isolated noise or artefact specks are not
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        components = components == sizes.argmax()
+    head = ndimage.binary_fill_holes(components > 0)
+    if rim:
+        head = ndimage.binary_dilation(head, iterations=rim)
+    return torch.from_numpy(head & (values > values.min()))
 
 
 def zscore(volume: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
