@@ -31,6 +31,30 @@ def use_training_parsing_settings() -> None:
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
 
 
+def parse_named_pairs(items: Iterable[str], option: str, form: str = "NAME=VALUE",
+                      repeated: str = "names") -> dict[str, str]:
+    """Read ``NAME=VALUE`` options (``--scan``, ``--unseen-name``) into a dict, both sides stripped, in order.
+
+    Args:
+        items: The option's values.
+        option: The option, for messages (e.g. ``--scan``).
+        form: How the option is written, for messages (e.g. ``NAME=PATH``).
+        repeated: The verb of the message for a name given twice (``--unseen-name renames 'T1' twice``).
+
+    Raises:
+        ValueError: A malformed item or a repeated name, named in the message.
+    """
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, is_pair, value = (part.strip() for part in item.partition("="))
+        if not is_pair or not name or not value:
+            raise ValueError(f"{option} wants {form}, got {item!r}")
+        if name in pairs:
+            raise ValueError(f"{option} {repeated} {name!r} twice")
+        pairs[name] = value
+    return pairs
+
+
 def parse_set_overrides(items: Iterable[str]) -> list[tuple[str, str]]:
     """Split each ``KEY=VALUE`` of the tool commands' ``--set`` options at the first ``=``.
 

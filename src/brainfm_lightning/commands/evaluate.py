@@ -10,7 +10,12 @@ from typing import Any
 
 import torch
 
-from brainfm_lightning.commands.config import ConfigurationError, build_from_configs, parse_set_overrides
+from brainfm_lightning.commands.config import (
+    ConfigurationError,
+    build_from_configs,
+    parse_named_pairs,
+    parse_set_overrides,
+)
 
 _EXIT_BAD_INPUT = 2
 
@@ -81,15 +86,7 @@ def _fail(message: str, command: str = "robustness") -> int:
 
 def parse_renames(pairs: Sequence[str]) -> dict[str, str]:
     """``["OLD=NEW", ...]`` -> ``{OLD: NEW}``; raises ``ValueError`` naming a malformed or repeated pair."""
-    renames: dict[str, str] = {}
-    for pair in pairs:
-        old, is_pair, new = pair.partition("=")
-        if not is_pair or not old.strip() or not new.strip():
-            raise ValueError(f"--unseen-name wants OLD=NEW, got {pair!r}")
-        if old.strip() in renames:
-            raise ValueError(f"--unseen-name renames {old.strip()!r} twice")
-        renames[old.strip()] = new.strip()
-    return renames
+    return parse_named_pairs(pairs, "--unseen-name", "OLD=NEW", repeated="renames")
 
 
 def check_renames(renames: Mapping[str, str], known: Sequence[str]) -> None:

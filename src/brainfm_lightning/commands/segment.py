@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from brainfm_lightning.commands.config import parse_named_pairs
 from brainfm_lightning.data.geometry import to_reference_space, write_like
 from brainfm_lightning.data.io import ScanError, load_scan
 from brainfm_lightning.data.preprocess import SessionPreprocessor
@@ -69,15 +70,7 @@ def parse_scans(pairs: Sequence[str]) -> dict[str, Path]:
     Raises:
         ValueError: A malformed or repeated pair (named).
     """
-    scans: dict[str, Path] = {}
-    for pair in pairs:
-        name, is_pair, path = pair.partition("=")
-        if not is_pair or not name.strip() or not path.strip():
-            raise ValueError(f"--scan wants NAME=PATH, got {pair!r}")
-        if name.strip() in scans:
-            raise ValueError(f"--scan names {name.strip()!r} twice")
-        scans[name.strip()] = Path(path.strip())
-    return scans
+    return {name: Path(path) for name, path in parse_named_pairs(pairs, "--scan", "NAME=PATH").items()}
 
 
 def load_segmenter(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -163,8 +156,7 @@ def segment_case(
     volumes = {name: load_scan(path) for name, path in scans.items()}
     preprocessor = SessionPreprocessor(network.net.img_size, spacing)
     grid, _, affine = preprocessor.to_grid(volumes)
-    background = grid.flatten(1).min(dim=1).values.numpy()
-    images, _, affine = preprocessor.pad_to_crop(grid.numpy(), None, background, affine)
+    images, _, affine = preprocessor.pad_to_crop(grid.numpy(), None, affine)
     network = network.to(device).eval()
     embeddings = modality_embeddings(network, names, text_encoder).to(device)
     present = torch.ones(1, len(names), dtype=torch.bool, device=device)
@@ -211,9 +203,7 @@ def run_segment(args: argparse.Namespace) -> int:
     try:
         labels, probabilities = segment_case(network, scans, float(spacing), (0,) if args.tta else (),
                                              args.sw_batch_size, args.sw_overlap, args.text_encoder, device)
-    except ScanError as error:
-        return fail(str(error))
-    except ValueError as error:
+    except (ScanError, ValueError) as error:  # a scan that cannot be used, or names the table cannot embed
         return fail(str(error))
     reference = scans[next(iter(scans))]
     write_like(labels, reference, args.out)

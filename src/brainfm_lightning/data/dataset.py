@@ -117,9 +117,8 @@ class SessionDataset(Dataset):
             return None
         if self.whole_volume:
             grid, grid_label, affine = self.preprocessor.to_grid(volumes, label)
-            background = grid.flatten(1).min(dim=1).values.numpy()
             images, label_tensor, affine = self.preprocessor.pad_to_crop(
-                grid.numpy(), grid_label.numpy() if grid_label is not None else None, background, affine)
+                grid.numpy(), grid_label.numpy() if grid_label is not None else None, affine)
             return self._sample(session, images, list(volumes), label_tensor, (epoch, index), affine)
         rng = np.random.default_rng([self.seed, epoch, index])
         images, label_tensor = self.preprocessor(volumes, label=label, rng=rng)
@@ -146,8 +145,8 @@ class SessionDataset(Dataset):
             return None
         label = prepared.label if self.with_label else None
         if self.whole_volume:
-            images, label_tensor, affine = self.preprocessor.pad_to_crop(prepared.images, label, prepared.background,
-                                                                         prepared.affine)
+            images, label_tensor, affine = self.preprocessor.pad_to_crop(prepared.images, label, prepared.affine,
+                                                                         prepared.background)
             return self._sample(session, images, modalities, label_tensor, (epoch, index), affine)
         rng = np.random.default_rng([self.seed, epoch, index])
         images, label_tensor = self.preprocessor.crop_and_flip(prepared.images, label, prepared.background, rng)

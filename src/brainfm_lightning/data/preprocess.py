@@ -188,20 +188,22 @@ class SessionPreprocessor:
         return cropped, label_window
 
     def pad_to_crop(
-        self, images: np.ndarray, label: np.ndarray | None, background: np.ndarray, affine: np.ndarray
+        self, images: np.ndarray, label: np.ndarray | None, affine: np.ndarray, background: np.ndarray | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
         """The whole volume for evaluation: never cropped, padded evenly to at least ``crop_size`` along short axes.
 
         Args:
             images: ``[M, X, Y, Z]`` on the session grid (an array or a ``np.memmap``).
             label: ``[1, X, Y, Z]`` mask or ``None``; padded with 0.
-            background: ``[M]`` padding value of each scan.
             affine: 4x4 affine of the session grid.
+            background: ``[M]`` padding value of each scan; ``None``: each scan's minimum.
 
         Returns:
             ``images`` float32 ``[M, *max(shape, crop_size)]``, ``label`` uint8 (or ``None``) and the affine of the
             padded grid (its origin moved by the padding), so a prediction on it maps back onto the scans.
         """
+        if background is None:
+            background = np.asarray(images).reshape(len(images), -1).min(axis=1)
         shape = images.shape[1:]
         size = tuple(max(n, c) for n, c in zip(shape, self.crop_size, strict=True))
         start = tuple(-(max(c - n, 0) // 2) for n, c in zip(shape, self.crop_size, strict=True))
