@@ -23,8 +23,10 @@ COMPOSITIONS = {
 }
 
 
-def printed_config(configs, capsys):
-    args = ["fit", *[item for name in configs for item in ("--config", str(CONFIGS / name))], "--print_config"]
+def printed_config(configs, capsys, *overrides: str):
+    """The config ``brainfm fit`` prints for ``configs`` (names under configs/ or paths) and ``overrides``."""
+    args = ["fit", *[item for name in configs for item in ("--config", str(CONFIGS / name))], *overrides,
+            "--print_config"]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code in (0, None)
@@ -54,3 +56,41 @@ def test_compare_fragments_set_the_crop_everywhere(capsys):
     unet = printed_config(COMPOSITIONS["compare u-net"], capsys)
     assert unet["model"]["init_args"]["img_size"] == unet["data"]["init_args"]["crop_size"] == 32
     assert unet["data"]["init_args"]["spacing"] == seg["data"]["init_args"]["spacing"] == 4.0
+
+
+def test_the_finetune_configs_share_the_trainer_fragment(capsys):
+    """Each fine-tune config extends configs/trainer/finetune_cpu.yaml and adds only its checkpoint metric."""
+    for name, metric in (("segmentation", "val/dice"), ("classification", "val/loss"), ("u-net baseline", "val/dice")):
+        trainer = printed_config(COMPOSITIONS[name], capsys)["trainer"]
+        assert (trainer["accelerator"], trainer["devices"], trainer["precision"]) == ("cpu", 1, "32-true")
+        assert trainer["logger"]["init_args"]["save_dir"] == trainer["default_root_dir"]
+        kinds = [callback["class_path"].rsplit(".", 1)[-1] for callback in trainer["callbacks"]]
+        assert kinds == ["LearningRateMonitor", "TrainingSummary", "ModelCheckpoint"]
+        assert trainer["callbacks"][-1]["init_args"]["monitor"] == metric
+
+
+def test_a_file_overrides_what_it_extends_the_command_line_both_and_the_result_runs_again(tmp_path, capsys):
+    (tmp_path / "fragment.yaml").write_text("trainer: {max_epochs: 5, log_every_n_steps: 7, "
+                                            "default_root_dir: from_fragment}\n")
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(f"extends: [{CONFIGS / 'finetune/seg_demo.yaml'}, fragment.yaml]\n"
+                          "trainer: {max_epochs: 9}\n")
+    config = printed_config([experiment], capsys, "--trainer.log_every_n_steps", "11")
+    trainer = config["trainer"]
+    assert (trainer["max_epochs"], trainer["log_every_n_steps"]) == (9, 11)
+    assert trainer["default_root_dir"] == trainer["logger"]["init_args"]["save_dir"] == "from_fragment"
+    assert config["model"]["init_args"]["head"]["init_args"]["feature_size"] == 16  # seg_demo's own values
+    assert config["extends"] is None  # applied already: a saved config does not read the fragments again
+
+    saved = tmp_path / "saved" / "config.yaml"
+    saved.parent.mkdir()
+    saved.write_text(yaml.safe_dump(config))
+    assert printed_config([saved], capsys) == config
+
+
+def test_a_missing_fragment_fails_naming_it(tmp_path, capsys):
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text("extends: ../trainer/nowhere.yaml\n")
+    assert main(["fit", "--config", str(experiment), "--print_config"]) == 2
+    assert f"extends ../trainer/nowhere.yaml, but {tmp_path}/../trainer/nowhere.yaml does not exist" in \
+        capsys.readouterr().err

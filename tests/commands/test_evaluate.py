@@ -19,7 +19,7 @@ def configs(*paths) -> list[str]:
 
 def overrides(demo_root, **values: str) -> dict[str, str]:
     """The tiny demo data (6 subjects at 4 mm) and a 4-channel decoder, plus ``values``."""
-    return {"data.root": str(demo_root), **TINY_DATA, "model.feature_size": "4", **values}
+    return {"data.root": str(demo_root), **TINY_DATA, "model.head.feature_size": "4", **values}
 
 
 def as_set(values: dict[str, str]) -> list[str]:
@@ -82,7 +82,7 @@ def _subsets(names: list[str]) -> list[list[str]]:
         ({"extra": ["--unseen-name", "FLAIR=T1"]}, "'T1' is already a modality of the data"),
         ({"extra": ["--unseen-name", "FLAIR"]}, "--unseen-name wants OLD=NEW, got 'FLAIR'"),
         ({"extra": ["--limit", "0"]}, "--limit must be >= 1, got 0"),
-        ({"extra": ["--set", "model.feature_size=8"]}, "does not fit the model of the configs"),
+        ({"extra": ["--set", "model.head.feature_size=8"]}, "does not fit the model of the configs"),
     ],
 )
 def test_bad_inputs_exit_2_naming_the_value(change, message, seg_checkpoint, demo_root, tmp_path, capsys):

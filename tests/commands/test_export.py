@@ -5,11 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import CONFIGS
 from exported import assert_no_pickle, example_inputs, network_outputs, outputs_in_fresh_process
 from trainers import cpu_trainer
 
 from brainfm_lightning.cli import main
+from brainfm_lightning.commands.export import segmenter_from_hparams
 from brainfm_lightning.modalities import ModalityTable
 from brainfm_lightning.models import ModalityMAE
 from brainfm_lightning.modules import MAEPretrainModule, SegmentationModule
@@ -37,7 +39,7 @@ def segmentation_checkpoint(demo_root, tmp_path_factory) -> Path:
     args = ["fit", "--config", str(CONFIGS / "finetune/seg_demo.yaml"), "--config", str(CONFIGS / "model/test.yaml"),
             "--data.root", str(demo_root), "--data.n_subjects", "6", "--data.demo_spacing", "4.0",
             "--data.spacing", "4.0", "--data.num_workers", "0", "--data.batch_size", "1",
-            "--model.feature_size", "4", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
+            "--model.head.feature_size", "4", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
             "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root)]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
@@ -78,13 +80,42 @@ def test_a_pretraining_export_loads_bit_for_bit_in_a_fresh_process(pretraining_c
 def test_a_segmentation_export_loads_bit_for_bit_in_a_fresh_process(segmentation_checkpoint, tmp_path, capsys):
     export(segmentation_checkpoint, tmp_path / "seg", capsys)
     module = SegmentationModule.load_from_checkpoint(segmentation_checkpoint, map_location="cpu").eval()
-    assert "SegmentationModule" in torch.load(segmentation_checkpoint, weights_only=True)["hyper_parameters"][
-        "_class_path"]  # the class_path hyperparameters of brainfm fit, not a plain-Python checkpoint
+    hparams = torch.load(segmentation_checkpoint, weights_only=True)["hyper_parameters"]
+    assert "SegmentationModule" in hparams["_class_path"]  # the class_path hyperparameters of brainfm fit
+    assert hparams["head"]["class_path"].endswith("ModalityUNETR") and "num_classes" not in hparams
+    assert hparams["head"]["init_args"]["feature_size"] == module.segmenter.feature_size == 4
     inputs = example_inputs(len(module.modality_table))
     expected = network_outputs(module.segmenter, torch.from_numpy(module.modality_table.vectors), inputs)
     got = outputs_in_fresh_process("brainfm_lightning.models.seg_head", "ModalityUNETR", tmp_path / "seg", inputs,
                                    tmp_path)
     assert torch.equal(expected["logits"], got["logits"])
+
+
+def test_the_segmenter_is_rebuilt_from_the_head_hyperparameters():
+    encoder = ModalityMAE.from_preset("test")
+    head = {"class_path": "brainfm_lightning.models.ModalityUNETR", "init_args": {"num_classes": 3, "feature_size": 4}}
+    network = segmenter_from_hparams({"head": head}, encoder, "run.ckpt")
+    assert (network.num_classes, network.feature_size, network.net) == (3, 4, encoder)
+    legacy = segmenter_from_hparams({"num_classes": 3, "feature_size": 8}, encoder, "old.ckpt")  # before injection
+    assert (legacy.num_classes, legacy.feature_size) == (3, 8)
+    with pytest.raises(ValueError, match="run.ckpt: the head 'torch.nn.Linear' is not a ModalityUNETR"):
+        segmenter_from_hparams({"head": {"class_path": "torch.nn.Linear"}}, encoder, "run.ckpt")
+    with pytest.raises(ValueError, match=r"run.ckpt: the head's init_args \{'width': 3\} do not fit"):
+        segmenter_from_hparams({"head": head | {"init_args": {"width": 3}}}, encoder, "run.ckpt")
+
+
+def test_the_saved_config_of_a_run_from_an_extending_config_runs_again_elsewhere(segmentation_checkpoint, tmp_path,
+                                                                               monkeypatch, capsys):
+    """seg_demo.yaml extends the trainer fragment: its run's config.yaml holds the merged values, ``extends: null``."""
+    saved = segmentation_checkpoint.parents[1] / "config.yaml"
+    recorded = yaml.safe_load(saved.read_text())
+    assert recorded["extends"] is None and recorded["trainer"]["log_every_n_steps"] == 2  # the fragment's value
+    assert [c["class_path"].rsplit(".", 1)[-1] for c in recorded["trainer"]["callbacks"]] == [
+        "LearningRateMonitor", "TrainingSummary", "ModelCheckpoint"]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(saved), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out) == recorded
 
 
 def test_missing_unreadable_and_unsupported_checkpoints_fail_naming_the_file(pretraining_checkpoint, tmp_path,

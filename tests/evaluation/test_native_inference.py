@@ -28,7 +28,7 @@ def seg_args(demo_root: Path, root: Path, *extra: str) -> list[str]:
     return ["--config", str(CONFIGS / "finetune/seg_demo.yaml"), "--config", str(CONFIGS / "model/test.yaml"),
             "--data.root", str(demo_root), "--data.n_subjects", "6", "--data.demo_spacing", "4.0",
             "--data.spacing", "4.0", "--data.num_workers", "0", "--data.batch_size", "1",
-            "--data.val_fraction", "0.2", "--data.test_fraction", "0.5", "--model.feature_size", "4",
+            "--data.val_fraction", "0.2", "--data.test_fraction", "0.5", "--model.head.feature_size", "4",
             "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false", *extra]
 
 
@@ -86,7 +86,7 @@ def test_predict_writes_masks_on_each_reference_grid_from_a_manifest_without_lab
     args = ["predict", "--config", str(CONFIGS / "finetune/seg_demo.yaml"),
             "--config", str(CONFIGS / "data/manifest.yaml"), "--config", str(CONFIGS / "model/test.yaml"),
             "--data.manifest", str(new / "new.csv"), "--data.spacing", "4.0", "--data.num_workers", "0",
-            "--model.feature_size", "4", "--ckpt_path", str(trained), "--trainer.default_root_dir", str(root)]
+            "--model.head.feature_size", "4", "--ckpt_path", str(trained), "--trainer.default_root_dir", str(root)]
     assert main(args) == 0
     written = sorted(p.name for p in (root / "predictions").iterdir())
     assert written == ["pat-1_visit-1_seg.nii.gz", "pat-2_visit-1_seg.nii.gz"]

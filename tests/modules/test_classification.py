@@ -1,6 +1,7 @@
 """ClassificationModule: targets from manifest columns, probes and fine-tuning, any modality subset, the CLI."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ from conftest import CONFIGS
 from trainers import cpu_trainer as trainer
 
 from brainfm_lightning.cli import main
-from brainfm_lightning.models import ModalityMAE
+from brainfm_lightning.commands.config import build_from_configs
+from brainfm_lightning.models import ClassificationHead, ModalityMAE
 from brainfm_lightning.modules import ClassificationModule
 from brainfm_lightning.modules.classification import parse_targets
 from data_modules import ManifestDataModule
@@ -55,9 +57,9 @@ def test_targets_parse_per_task_and_bad_values_name_the_session():
         parse_targets(rows, "volume", "binary", 2, ids)
 
 
-@pytest.mark.parametrize(("head", "freeze"), [("linear", True), ("mlp", False)])
-def test_gradients_reach_the_trainable_parameters_only(pretrained, demo_manifest, head, freeze):
-    module = classifier(pretrained, head=head, freeze_encoder=freeze)
+@pytest.mark.parametrize(("hidden", "freeze"), [(0, True), (16, False)])
+def test_gradients_reach_the_trainable_parameters_only(pretrained, demo_manifest, hidden, freeze):
+    module = classifier(pretrained, head=partial(ClassificationHead, hidden_features=hidden), freeze_encoder=freeze)
     batch = next(iter(datamodule(demo_manifest).train_dataloader()))
     loss = module.training_step(batch, 0)
     loss.backward()
@@ -73,7 +75,8 @@ def test_gradients_reach_the_trainable_parameters_only(pretrained, demo_manifest
                                                           ("regression", "lesion_volume_ml", ("val/mae", "val/r2"))])
 def test_fit_logs_finite_loss_and_task_metrics(pretrained, demo_manifest, tmp_path, task, target, metrics):
     torch.manual_seed(0)
-    module = classifier(pretrained, task=task, target=target, head="mlp", warmup_steps=0)
+    module = classifier(pretrained, task=task, target=target, head=partial(ClassificationHead, hidden_features=16),
+                        warmup_steps=0)
     run = trainer(tmp_path, max_steps=2)
     run.fit(module, datamodule=datamodule(demo_manifest))
     assert math.isfinite(float(run.callback_metrics["train/loss"]))
@@ -95,8 +98,27 @@ def test_any_modality_subset_gives_finite_different_outputs(pretrained):
     assert torch.isfinite(every).all() and torch.isfinite(one).all() and not torch.allclose(every, one)
 
 
+@pytest.mark.parametrize(("task", "num_classes", "outputs"), [("multiclass", 4, 4), ("binary", 4, 1),
+                                                            ("regression", 2, 1)])
+def test_the_injected_head_maps_the_encoder_width_to_the_task_outputs(task, num_classes, outputs):
+    built = []
+
+    def head(in_features: int, out_features: int) -> ClassificationHead:
+        built.append((in_features, out_features))
+        return ClassificationHead(in_features, out_features)
+
+    module = ClassificationModule(ModalityMAE.from_preset("test"), head, task=task, num_classes=num_classes)
+    assert built == [(module.net.config["embed_dim"], outputs)] and isinstance(module.head, ClassificationHead)
+
+
+def test_a_config_builds_the_head_it_names_with_its_init_args():
+    model, _ = build_from_configs([CONFIGS / "finetune/cls_demo.yaml", CONFIGS / "model/test.yaml"],
+                                  [("model.head.hidden_features", "16"), ("model.head.dropout", "0.1")])
+    assert [type(layer).__name__ for layer in model.head] == ["LayerNorm", "Linear", "GELU", "Dropout", "Linear"]
+    assert (model.head[1].out_features, model.head[3].p, model.head[4].out_features) == (16, 0.1, 1)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [(dict(task="ordinal"), "task must be"),
-                                                 (dict(head="transformer"), "head must be"),
                                                  (dict(task="multiclass", num_classes=1), "num_classes must be")])
 def test_bad_arguments_fail_naming_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):

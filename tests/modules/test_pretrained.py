@@ -1,6 +1,7 @@
 """Strict transfer: a pretraining checkpoint fills every encoder weight of a fine-tune module, or fails naming keys."""
 
 import re
+from functools import partial
 
 import numpy as np
 import pytest
@@ -8,14 +9,14 @@ import torch
 from conftest import CONFIGS
 
 from brainfm_lightning.cli import main
-from brainfm_lightning.models import ModalityMAE
+from brainfm_lightning.models import ModalityMAE, ModalityUNETR
 from brainfm_lightning.models.pos_embed import interpolate_pos_embed
 from brainfm_lightning.modules import ClassificationModule, SegmentationModule
 
 MISSING_KEY = "net.encoder.blocks.1.attn.qkv.weight"
 MODULES = {
     "segmentation": lambda **kw: SegmentationModule(ModalityMAE.from_preset("test", **kw.pop("net", {})),
-                                                    feature_size=4, **kw),
+                                                    partial(ModalityUNETR, feature_size=4), **kw),
     "classification": lambda **kw: ClassificationModule(ModalityMAE.from_preset("test", **kw.pop("net", {})), **kw),
 }
 
@@ -92,8 +93,6 @@ def test_a_larger_fine_tune_crop_gets_interpolated_positional_embeddings(pretrai
 def test_an_export_folder_fills_the_encoder_like_its_checkpoint(pretrained, tmp_path, exported):
     """model.pretrained also takes a brainfm export / save_pretrained folder (no pickle): an encoder's, or a
     fine-tuned segmenter's, whose encoder is taken."""
-    from brainfm_lightning.models.seg_head import ModalityUNETR
-
     network = pretrained[1]
     if exported == "encoder":
         network.save_pretrained(tmp_path / "export")

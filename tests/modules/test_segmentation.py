@@ -2,6 +2,7 @@
 
 import csv
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -9,8 +10,9 @@ from conftest import CONFIGS
 from trainers import cpu_trainer as trainer
 
 from brainfm_lightning.cli import main
+from brainfm_lightning.commands.config import build_from_configs
 from brainfm_lightning.evaluation import evaluate_modality_subsets
-from brainfm_lightning.models import ModalityMAE
+from brainfm_lightning.models import ModalityMAE, ModalityUNETR
 from brainfm_lightning.models.seg_head import encoder_hidden_states, fuse_modalities
 from brainfm_lightning.modules import SegmentationModule
 from brainfm_lightning.modules import transfer as transfer_module
@@ -26,8 +28,9 @@ def datamodule(manifest, batch_size: int = 2) -> ManifestDataModule:
                               crop_size=32, batch_size=batch_size, num_workers=0, with_label=True)
 
 
-def segmenter(**kwargs) -> SegmentationModule:
-    return SegmentationModule(ModalityMAE.from_preset("test"), feature_size=4, **kwargs)
+def segmenter(num_classes: int = 2, **kwargs) -> SegmentationModule:
+    head = partial(ModalityUNETR, num_classes=num_classes, feature_size=4)
+    return SegmentationModule(ModalityMAE.from_preset("test"), head, **kwargs)
 
 
 def test_pretrained_weights_and_modality_table_load_with_a_report(pretrained, monkeypatch):
@@ -141,7 +144,7 @@ def test_training_lowers_the_loss_and_evaluation_logs_metrics(pretrained, demo_m
     assert len(losses) == 3 and losses[-1] < losses[0]
     run.save_checkpoint(tmp_path / "finetuned.ckpt")
     restored = SegmentationModule.load_from_checkpoint(tmp_path / "finetuned.ckpt", net=ModalityMAE.from_preset("test"),
-                                                       pretrained=None)
+                                                       head=partial(ModalityUNETR, feature_size=4), pretrained=None)
     assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), module.state_dict().values()))
     assert sorted(restored.modality_table.names) == sorted(MODALITIES)
     metrics = run.test(module, datamodule=datamodule(demo_manifest), verbose=False)[0]
@@ -172,6 +175,23 @@ def test_layer_decay_scales_learning_rates_by_depth():
     assert scale_of[id(named["segmenter.decoder.out.conv.conv.weight"])] == 1.0
 
 
+def test_the_injected_head_is_the_network_and_sets_the_classes():
+    module = segmenter(num_classes=3)
+    assert isinstance(module.segmenter, ModalityUNETR) and module.net is module.segmenter.net
+    assert module.num_classes == module.segmenter.num_classes == 3
+    assert "num_classes" not in module.hparams and "head" not in module.hparams  # Python-built: injected, not saved
+    logits = module(torch.randn(1, 2, 32, 32, 32), torch.randn(1, 2, 384), torch.ones(1, 2, dtype=torch.bool))
+    assert logits.shape == (1, 3, 32, 32, 32)
+
+
+def test_a_config_builds_the_head_it_names_with_its_init_args():
+    model, _ = build_from_configs([CONFIGS / "finetune/seg_demo.yaml", CONFIGS / "model/test.yaml"],
+                                  [("model.head.num_classes", "3"), ("model.head.feature_size", "4")])
+    assert isinstance(model.segmenter, ModalityUNETR) and model.num_classes == 3
+    assert (model.segmenter.num_classes, model.segmenter.feature_size) == (3, 4)
+    assert model.segmenter.decoder.out.conv.conv.out_channels == 3
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [(dict(num_classes=1), "num_classes must be >= 2"), (dict(freeze_encoder="half"), "freeze_encoder must be"),
@@ -186,7 +206,8 @@ def test_cli_fast_dev_run_from_a_pretraining_checkpoint(pretrained, demo_root, t
     monkeypatch.chdir(tmp_path)
     args = ["fit", "--config", str(CONFIGS / "finetune/seg_demo.yaml"), "--config", str(CONFIGS / "model/test.yaml"),
             "--data.root", str(demo_root), "--data.n_subjects", "6", "--data.demo_spacing", "4.0",
-            "--data.spacing", "4.0", "--data.num_workers", "0", "--data.batch_size", "1", "--model.feature_size", "4",
+            "--data.spacing", "4.0", "--data.num_workers", "0", "--data.batch_size", "1",
+            "--model.head.feature_size", "4",
             "--model.pretrained", str(pretrained[0]), "--trainer.fast_dev_run", "true",
             "--trainer.default_root_dir", str(tmp_path / "run")]
     assert main(args) == 0

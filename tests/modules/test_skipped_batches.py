@@ -3,6 +3,7 @@
 import csv
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
@@ -12,15 +13,16 @@ import torch
 from conftest import CONFIGS
 from trainers import cpu_trainer
 
-from brainfm_lightning.models import ModalityMAE
+from brainfm_lightning.models import ClassificationHead, ModalityMAE, ModalityUNETR
 from brainfm_lightning.modules import ClassificationModule, MAEPretrainModule, SegmentationModule, UNetBaselineModule
 from data_modules import ManifestDataModule
 
 MODULES = {
     "pretrain": lambda: MAEPretrainModule(ModalityMAE.from_preset("test")),
-    "segmentation": lambda: SegmentationModule(ModalityMAE.from_preset("test"), feature_size=4,
+    "segmentation": lambda: SegmentationModule(ModalityMAE.from_preset("test"), partial(ModalityUNETR, feature_size=4),
                                                freeze_encoder="partial"),
-    "classification": lambda: ClassificationModule(ModalityMAE.from_preset("test"), head="mlp"),
+    "classification": lambda: ClassificationModule(ModalityMAE.from_preset("test"),
+                                                   partial(ClassificationHead, hidden_features=16)),
     "unet_baseline": lambda: UNetBaselineModule(img_size=32, filters=[4, 8, 16]),
 }
 

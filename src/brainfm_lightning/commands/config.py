@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ArgumentError, Namespace, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import CheckpointIO
 
@@ -20,6 +22,7 @@ from brainfm_lightning.plugins import AtomicCheckpointIO
 # omegaconf+ resolves ${...} after every config and override is merged, so `save_dir: ${trainer.default_root_dir}`
 # follows --trainer.default_root_dir; absolute keys are read relative to the subcommand (fit/test/...)
 PARSER_MODE = "omegaconf+"
+CONFIG_OPTIONS = ("-c", "--config")
 
 
 class ConfigurationError(Exception):
@@ -76,6 +79,87 @@ def parse_set_overrides(items: Iterable[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def extended_configs(config: str, chain: Sequence[Path] = ()) -> list[str]:
+    """The config files that ``--config CONFIG`` stands for: the fragments its ``extends`` names, then itself.
+
+    ``extends`` (a path or a list of paths, relative to the file) is read from the file's top level; each fragment
+    is expanded the same way first, so a fragment may extend others. A value that is not a readable YAML file (a
+    config given inline, a missing file) is returned as is, for jsonargparse to read or reject.
+
+    Args:
+        config: The value of a ``--config`` option.
+        chain: The files that extend ``config``, outermost first (to find cycles).
+
+    Returns:
+        ``--config`` values in the order to apply them, ``config`` last.
+
+    Raises:
+        ConfigurationError: ``extends`` is not a path or a list of paths, names a file that does not exist, or
+            leads back to a file that extends it (each named).
+    """
+    path = Path(config)
+    try:
+        content = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        content = None
+    fragments = content.get("extends") if isinstance(content, dict) else None
+    if fragments is None:
+        return [config]
+    fragments = [fragments] if isinstance(fragments, str) else fragments
+    if not isinstance(fragments, list) or not all(isinstance(f, str) for f in fragments):
+        raise ConfigurationError(f"{config}: extends must be a path or a list of paths, got {fragments!r}")
+    chain = [*chain, path.resolve()]
+    expanded = []
+    for fragment in fragments:
+        fragment_path = path.parent / fragment
+        if not fragment_path.is_file():
+            raise ConfigurationError(f"{config} extends {fragment}, but {fragment_path} does not exist")
+        if fragment_path.resolve() in chain:
+            cycle = " -> ".join(str(p) for p in [*chain, fragment_path.resolve()])
+            raise ConfigurationError(f"{config} extends {fragment}, which leads back to it: {cycle}")
+        expanded += extended_configs(str(fragment_path), chain)
+    return [*expanded, config]
+
+
+def with_extended_configs(argv: Sequence[str]) -> list[str]:
+    """``argv`` with every ``--config FILE`` preceded by the fragments ``FILE`` extends (:func:`extended_configs`).
+
+    Args:
+        argv: Command-line arguments (``fit --config A.yaml --trainer.max_epochs 3 ...``).
+
+    Returns:
+        The arguments with ``--config FRAGMENT`` inserted before each file that extends ``FRAGMENT``: the file's own
+        values then override the fragment's, and later arguments both.
+
+    Raises:
+        ConfigurationError: A bad ``extends`` (see :func:`extended_configs`), or ``--extends`` on the command line.
+    """
+    expanded: list[str] = []
+    position = 0
+    while position < len(argv):
+        option, is_joined, joined = argv[position].partition("=")
+        if option == "--extends":
+            raise ConfigurationError("extends is a key of config files; on the command line give the fragment as "
+                                     "--config FRAGMENT before the config that it should underlie")
+        if option not in CONFIG_OPTIONS or (not is_joined and position + 1 == len(argv)):
+            expanded.append(argv[position])
+            position += 1
+            continue
+        config = joined if is_joined else argv[position + 1]
+        expanded += [item for path in extended_configs(config) for item in ("--config", path)]
+        position += 1 if is_joined else 2
+    return expanded
+
+
+def _applied_before_parsing(value: object) -> None:
+    """The parsed value of ``extends``: none, as the fragments are applied before parsing.
+
+    The parsed config already holds the fragments' values (:func:`with_extended_configs`), so a saved
+    ``config.yaml`` runs again from any folder without reading them a second time.
+    """
+    return None
+
+
 def pin_loggers_to_slurm_job(trainer_config: Namespace) -> None:
     """Under Slurm, tie the run's loggers to the job, so a requeued job continues the same run.
 
@@ -114,8 +198,21 @@ class BrainFMCLI(LightningCLI):
     """LightningCLI in omegaconf mode, with models and datamodules chosen by ``class_path``.
 
     Every run writes checkpoints atomically (:class:`AtomicCheckpointIO`, unless the config names another
-    ``CheckpointIO``), and under Slurm logs to the job's run (:func:`pin_loggers_to_slurm_job`).
+    ``CheckpointIO``), and under Slurm logs to the job's run (:func:`pin_loggers_to_slurm_job`). A config file's
+    top-level ``extends: FRAGMENT`` (paths relative to the file) applies ``FRAGMENT`` as a ``--config`` right before
+    the file (:func:`with_extended_configs`).
     """
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """As LightningCLI's, with the fragments each config file ``extends`` applied before it.
+
+        Raises:
+            ConfigurationError: A bad ``extends`` (named).
+        """
+        if args is None:  # the process's own arguments; LightningCLI warns about args only when given explicitly
+            self.config = parser.parse_args(with_extended_configs(sys.argv[1:]))
+        else:
+            super().parse_arguments(parser, args if isinstance(args, dict | Namespace) else with_extended_configs(args))
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a constructor's ``ValueError`` becomes a :class:`ConfigurationError`.
@@ -146,9 +243,12 @@ class BrainFMCLI(LightningCLI):
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Add ``--save_modality_table``."""
+        """Add ``--save_modality_table`` and the ``extends`` key of config files."""
         parser.add_argument("--save_modality_table", type=str | None, default=None,
                             help="Also write the modality table to this .safetensors file at the end of fit.")
+        parser.add_argument("--extends", type=_applied_before_parsing, default=None,
+                            help="Config files only: fragments (a path or a list, relative to the file) read as"
+                                 " --config right before it; applied before parsing, so the parsed config holds null.")
 
     def after_fit(self) -> None:
         """Write the modality table where ``--save_modality_table`` asks (rank 0)."""

@@ -197,7 +197,7 @@ def run_robustness(args: argparse.Namespace) -> int:
     datamodule.setup("test")
     batches = renamed_batches(datamodule.test_dataloader(), renames, device, args.limit)
     try:
-        summary = evaluate_modality_subsets(module, batches, out, module.hparams.num_classes, spacing or 1.0)
+        summary = evaluate_modality_subsets(module, batches, out, module.num_classes, spacing or 1.0)
     except (ValueError, TextEncoderUnavailableError) as error:  # e.g. a name without a U-Net channel, no data
         return _fail(str(error))
     print(f"robustness of {args.ckpt_path} on the test split, per modality subset (written to {out}):")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from brainfm_lightning.models.hub import HubMixin
+
+if TYPE_CHECKING:
+    from brainfm_lightning.models import ModalityMAE, ModalityUNETR
 
 _EXIT_BAD_INPUT = 2
 _COMPILE_PREFIX = "_orig_mod."  # torch.compile's wrapper puts this before the wrapped module's keys
@@ -77,6 +81,43 @@ def net_config(checkpoint: Mapping[str, Any], path: str | Path) -> dict[str, Any
                      "ModalityMAE class_path); export reads checkpoints written by brainfm fit")
 
 
+def segmenter_from_hparams(hparams: Mapping[str, Any], encoder: ModalityMAE, path: str | Path) -> ModalityUNETR:
+    """The segmentation network of a ``SegmentationModule`` checkpoint on ``encoder``, untrained.
+
+    Args:
+        hparams: The checkpoint's hyperparameters; ``brainfm fit`` saves the head as ``class_path``/``init_args``.
+            Without a ``head`` (a module built in Python) the network is :class:`ModalityUNETR` with the
+            ``num_classes``, ``feature_size`` and ``feature_layers`` hyperparameters that checkpoints written before
+            the head was injected hold, else its defaults.
+        encoder: The :class:`ModalityMAE` to build it on.
+        path: The checkpoint, for messages.
+
+    Raises:
+        ValueError: The head's ``class_path`` does not name a :class:`ModalityUNETR`, or its arguments do not fit.
+    """
+    from brainfm_lightning.models import ModalityUNETR
+
+    head = hparams.get("head")
+    if head is None:
+        legacy = ("num_classes", "feature_size", "feature_layers")
+        return ModalityUNETR(encoder, **{k: hparams[k] for k in legacy if k in hparams})
+    if isinstance(head, str):  # a class path without init_args
+        head = {"class_path": head}
+    class_path, init_args = str(head.get("class_path", "")), dict(head.get("init_args") or {})
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        network_class = getattr(importlib.import_module(module_name), name, None) if module_name else None
+    except ImportError:
+        network_class = None
+    if not (isinstance(network_class, type) and issubclass(network_class, ModalityUNETR)):
+        raise ValueError(f"{path}: the head {class_path!r} is not a ModalityUNETR; export writes ModalityUNETR "
+                         "segmenters")
+    try:
+        return network_class(encoder, **init_args)
+    except TypeError as error:
+        raise ValueError(f"{path}: the head's init_args {init_args} do not fit {class_path}: {error}") from error
+
+
 def network_from_checkpoint(path: str | Path) -> tuple[HubMixin, dict[str, Any]]:
     """Rebuild a checkpoint's network with its weights (strictly) and modality table.
 
@@ -90,16 +131,13 @@ def network_from_checkpoint(path: str | Path) -> tuple[HubMixin, dict[str, Any]]
     """
     from brainfm_lightning.modalities import ModalityTable
     from brainfm_lightning.models import ModalityMAE
-    from brainfm_lightning.models.seg_head import ModalityUNETR
 
     checkpoint = read_checkpoint(path)
     state = {k.replace(_COMPILE_PREFIX, ""): v for k, v in checkpoint["state_dict"].items()}
     hparams = checkpoint.get("hyper_parameters") or {}
     if any(k.startswith("segmenter.") for k in state):
         prefix = "segmenter."
-        encoder = ModalityMAE(**net_config(checkpoint, path))
-        defaults = {"num_classes": 2, "feature_size": 16, "feature_layers": None}  # SegmentationModule's
-        network: HubMixin = ModalityUNETR(encoder, **{k: hparams.get(k, v) for k, v in defaults.items()})
+        network: HubMixin = segmenter_from_hparams(hparams, ModalityMAE(**net_config(checkpoint, path)), path)
     elif state and all(k.startswith("net.") for k in state):
         prefix = "net."
         network = ModalityMAE(**net_config(checkpoint, path))

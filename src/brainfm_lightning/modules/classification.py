@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from typing_extensions import override
 
 from brainfm_lightning.evaluation.metrics import Task, classification_metric_collection
-from brainfm_lightning.models import ModalityMAE
+from brainfm_lightning.models import ClassificationHead, ModalityMAE
 from brainfm_lightning.modules.modality_embedding import injected_hparams_to_ignore
 from brainfm_lightning.modules.transfer import TransferModule, check_optimization
 
@@ -64,12 +64,15 @@ def parse_targets(targets: Sequence[Mapping[str, str]], column: str, task: Task,
 class ClassificationModule(TransferModule):
     """Predicts a per-session manifest column from the mean of the encoder's valid tokens (any modality subset).
 
-    ``freeze_encoder=True`` with ``head="linear"`` is a linear probe; ``head="mlp"`` a shallow MLP head; with
-    ``freeze_encoder=False`` the whole encoder is fine-tuned (optionally with layer-wise lr decay). Logs accuracy and
-    AUC (``binary``, ``multiclass``) or MAE and R2 (``regression``) per epoch.
+    ``freeze_encoder=True`` with a linear :class:`ClassificationHead` is a linear probe; ``hidden_features > 0``
+    makes it a shallow MLP; with ``freeze_encoder=False`` the whole encoder is fine-tuned (optionally with
+    layer-wise lr decay). Logs accuracy and AUC (``binary``, ``multiclass``) or MAE and R2 (``regression``) per epoch.
 
     Args:
         net: The encoder's network; its reconstruction decoder is kept but frozen and unused.
+        head: Builds the head as ``head(embed_dim, outputs)`` with ``outputs`` = ``num_classes`` (multiclass) or 1:
+            :class:`ClassificationHead` or a partial of it; in a config its ``class_path`` with every ``init_args``
+            but those two (``hidden_features``, ``dropout``).
         pretrained: A pretraining checkpoint whose ``net.*`` weights and modality table are loaded (see
             :class:`~brainfm_lightning.modules.SegmentationModule`).
         allow_partial: Keep encoder weights that do not fit at initialisation instead of raising (see
@@ -77,9 +80,6 @@ class ClassificationModule(TransferModule):
         target: Manifest column to predict (``has_lesion``, ``lesion_volume_ml`` on the demo data).
         task: ``binary``, ``multiclass`` or ``regression``.
         num_classes: Classes of a multiclass task.
-        head: ``linear`` or ``mlp`` (LayerNorm, Linear, GELU, dropout, Linear).
-        hidden_dim: Width of the MLP head.
-        dropout: Dropout of the MLP head.
         freeze_encoder: Train the head only.
         layer_decay: Layer-wise lr decay of the encoder (1: none).
         optimizer: Optimizer factory; receives parameter groups.
@@ -95,14 +95,12 @@ class ClassificationModule(TransferModule):
     def __init__(
         self,
         net: ModalityMAE,
+        head: Callable[[int, int], nn.Module] = ClassificationHead,
         pretrained: str | None = None,
         allow_partial: bool = False,
         target: str = "has_lesion",
         task: Task = "binary",
         num_classes: int = 2,
-        head: Literal["linear", "mlp"] = "linear",
-        hidden_dim: int = 256,
-        dropout: float = 0.0,
         freeze_encoder: bool = False,
         layer_decay: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -119,15 +117,10 @@ class ClassificationModule(TransferModule):
             raise ValueError(f"task must be 'binary', 'multiclass' or 'regression', got {task!r}")
         if task == "multiclass" and num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 for a multiclass task, got {num_classes}")
-        if head not in ("linear", "mlp"):
-            raise ValueError(f"head must be 'linear' or 'mlp', got {head!r}")
         check_optimization(weight_decay, layer_decay, warmup_steps)
         self.save_hyperparameters(ignore=injected_hparams_to_ignore())
         self.net = net
-        width, outputs = net.config["embed_dim"], num_classes if task == "multiclass" else 1
-        self.head = nn.Linear(width, outputs) if head == "linear" else nn.Sequential(
-            nn.LayerNorm(width), nn.Linear(width, hidden_dim), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(hidden_dim, outputs))
+        self.head = head(net.config["embed_dim"], num_classes if task == "multiclass" else 1)
         self.optimizer_factory: Callable = optimizer
         self._init_transfer(pretrained, "full" if freeze_encoder else "none", text_encoder, modality_table,
                             descriptions, aliases, allow_partial)

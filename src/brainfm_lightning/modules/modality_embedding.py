@@ -16,12 +16,13 @@ from brainfm_lightning.modalities import ModalityTable, TextEncoder
 
 
 def injected_hparams_to_ignore() -> list[str]:
-    """Hyperparameters not to save: none under LightningCLI, the injected network and optimizer otherwise.
+    """Hyperparameters not to save: none under LightningCLI, the injected network, head and optimizer otherwise.
 
     LightningCLI saves the config with its ``class_path`` entries, so ``load_from_checkpoint`` rebuilds the
-    network from it; in plain Python the injected modules are not hyperparameters (pass ``net=`` when loading).
+    network and head from it; in plain Python the injected modules are not hyperparameters (pass ``net=`` and
+    ``head=`` when loading).
     """
-    return [] if hparams_mixin._given_hyperparameters.get() is not None else ["net", "optimizer"]
+    return [] if hparams_mixin._given_hyperparameters.get() is not None else ["net", "head", "optimizer"]
 
 
 class ModalityEmbeddingMixin(L.LightningModule):

@@ -8,8 +8,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from monai.losses import DiceCELoss
 
-from brainfm_lightning.models import ModalityMAE
-from brainfm_lightning.models.seg_head import ModalityUNETR
+from brainfm_lightning.models import ModalityMAE, ModalityUNETR
 from brainfm_lightning.modules.modality_embedding import injected_hparams_to_ignore
 from brainfm_lightning.modules.segmenter import (
     SegmenterBase,
@@ -33,19 +32,19 @@ class SegmentationModule(SegmenterBase, TransferModule):
 
     Args:
         net: The encoder's network; its reconstruction decoder is kept (checkpoint layout) but frozen and unused.
+        head: Builds the segmentation network as ``head(net)``: :class:`ModalityUNETR` or a partial of it; in a
+            config its ``class_path`` with every ``init_args`` but ``net`` (``num_classes``, ``feature_size``, ...).
+            The module segments the built network's ``num_classes`` classes.
         pretrained: A pretraining checkpoint: its ``net.*`` weights and modality table are loaded and a report is
             logged. An encoder weight missing from it, unknown to the network or of another shape raises, naming
             the keys; positional embeddings of another crop are interpolated to ``net``'s grid. Restoring a
             fine-tuned checkpoint in Python needs no pretraining file:
-            ``SegmentationModule.load_from_checkpoint(path, net=..., pretrained=None)``.
+            ``SegmentationModule.load_from_checkpoint(path, net=..., head=..., pretrained=None)``.
         allow_partial: Load what fits and keep the other encoder weights at initialisation (listed in the report)
             instead of raising; the explicit way to fine-tune from a checkpoint of another architecture.
-        num_classes: Classes including background.
         freeze_encoder: ``none`` (full fine-tune), ``partial`` (embeddings and the first half of the blocks) or
             ``full`` (decoder only).
         layer_decay: Layer-wise lr decay of the encoder (1: none; BEiT/MAE use 0.65-0.75).
-        feature_size: Decoder channels at full resolution.
-        feature_layers: Encoder depths of the UNETR skips (default evenly spaced).
         optimizer: Optimizer factory; receives parameter groups.
         weight_decay: Weight decay of weights (not biases, norms, embeddings).
         warmup_steps: Learning-rate warm-up, in steps (>= 1) or as a fraction of all steps (< 1).
@@ -65,13 +64,11 @@ class SegmentationModule(SegmenterBase, TransferModule):
     def __init__(
         self,
         net: ModalityMAE,
+        head: Callable[[ModalityMAE], ModalityUNETR] = ModalityUNETR,
         pretrained: str | None = None,
         allow_partial: bool = False,
-        num_classes: int = 2,
         freeze_encoder: FreezeMode = "none",
         layer_decay: float = 1.0,
-        feature_size: int = 16,
-        feature_layers: Sequence[int] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         weight_decay: float = 0.05,
         warmup_steps: float = 0.05,
@@ -86,10 +83,11 @@ class SegmentationModule(SegmenterBase, TransferModule):
         descriptions: Mapping[str, str] | None = None,
         aliases: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(num_classes, voxel_spacing)
+        segmenter = head(net)
+        super().__init__(segmenter.num_classes, voxel_spacing)
         check_optimization(weight_decay, layer_decay, warmup_steps)
         self.save_hyperparameters(ignore=injected_hparams_to_ignore())
-        self.segmenter = ModalityUNETR(net, num_classes, feature_size, feature_layers)
+        self.segmenter = segmenter
         self.optimizer_factory: Callable = optimizer
         self._init_transfer(pretrained, freeze_encoder, text_encoder, modality_table, descriptions, aliases,
                             allow_partial)

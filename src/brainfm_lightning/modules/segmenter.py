@@ -97,7 +97,7 @@ class SegmenterBase(SkippedBatchMixin):
     Subclasses call ``super().__init__(num_classes, voxel_spacing)``, set ``self.loss`` and implement ``forward``
     (logits of crops), :meth:`predict_logits` (logits of volumes of any size) and ``embed_batch`` (what ``forward``
     takes for a batch's modality names; ``TransferModule`` has one); their
-    hyperparameters hold ``num_classes``, ``voxel_spacing``, ``sw_batch_size`` and ``sw_overlap``.
+    hyperparameters hold ``voxel_spacing``, ``sw_batch_size`` and ``sw_overlap``.
 
     Args:
         num_classes: Classes including background.
@@ -111,6 +111,7 @@ class SegmenterBase(SkippedBatchMixin):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background and one class), got {num_classes}")
+        self.num_classes = num_classes
         self.spacing: float | Sequence[float] = voxel_spacing or 1.0
         self.metric_means = nn.ModuleDict({f"{stage}_{name}": MeanMetric(nan_strategy="ignore")
                                            for stage in ("val", "test") for name in SEGMENTATION_METRICS})
@@ -150,9 +151,9 @@ class SegmenterBase(SkippedBatchMixin):
         if "label" not in batch:
             raise ValueError("segmentation batches need a 'label' mask: set data.with_label: true")
         label = batch["label"].long()
-        if label.max() >= self.hparams.num_classes:
+        if label.max() >= self.num_classes:
             raise ValueError(f"label value {int(label.max())} in sessions {batch['session_ids']} is not below "
-                             f"model.num_classes={self.hparams.num_classes}")
+                             f"the model's num_classes={self.num_classes}")
         return label
 
     @override
@@ -184,7 +185,7 @@ class SegmenterBase(SkippedBatchMixin):
         """Log the stage's loss and metrics; returns the per-case metrics, the predicted and the true label maps."""
         logits, label = self._logits_and_loss(batch, stage)
         prediction = logits.argmax(1, keepdim=True)
-        metrics = segmentation_metrics(prediction, label, self.hparams.num_classes, self.spacing)
+        metrics = segmentation_metrics(prediction, label, self.num_classes, self.spacing)
         self._log_metrics(metrics, stage, len(batch["session_ids"]))
         return metrics, prediction, label
 
@@ -208,7 +209,7 @@ class SegmenterBase(SkippedBatchMixin):
         prediction = logits.argmax(1, keepdim=True).to(torch.uint8).cpu().numpy()
         for i, case in enumerate(batch["session_ids"]):
             metrics, lesions, _ = native_case_metrics(prediction[i], batch["affines"][i], batch["label_paths"][i],
-                                                      self.hparams.num_classes)
+                                                      self.num_classes)
             self._log_metrics(metrics, "test", 1)
             self._test_rows.append(segmentation_rows([case], metrics)[0] | lesions)
 
