@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Pinned first so that no CUDA build of torch is pulled in by lightning/monai/transformers.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint bench clean test-slurm slurm-deps compare
+.PHONY: install demo test test-fast lint bench clean test-slurm slurm-deps compare label-efficiency
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ bench: install
 # each one missing: writes compare/results.md and .csv (~20 min on 2 CPU cores; e.g. COMPARE_ARGS="--steps 600").
 compare: install
 	$(PY) scripts/compare.py $(COMPARE_ARGS)
+
+# Label efficiency (scripts/label_efficiency.py): BrainFM pretrained on 200 unlabelled SYNTHETIC sessions vs scratch vs
+# a U-Net at 2-16 labelled subjects, 3 seeds, every sequence and each one missing, ablations and frozen-feature probes;
+# writes label-efficiency/results.md, .csv and label_efficiency.png (~70 min on 2 CPU cores; LE_ARGS=--quick: minutes).
+label-efficiency: install
+	$(PY) scripts/label_efficiency.py $(LE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from brainfm_lightning.evaluation.label_efficiency import condition_cases, nanmean
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -64,27 +65,9 @@ def last_checkpoint(folder: Path) -> Path:
 
 
 def conditions(cases_csv: Path) -> dict[str, list[dict[str, float]]]:
-    """Per-case rows of ``robustness_cases.csv`` grouped into ``all`` and ``w/o X`` (see the module docstring)."""
-    rows = [r for r in csv.DictReader(cases_csv.open()) if r["case"] not in ("mean", "std", "n_valid")]
-    by_case: dict[str, dict[frozenset[str], dict[str, str]]] = {}
-    for row in rows:
-        by_case.setdefault(row["case"], {})[frozenset(row["subset"].split("+"))] = row
-    grouped: dict[str, list[dict[str, float]]] = {"all": []} | {f"w/o {m}": [] for m in MODALITIES}
-    for subsets in by_case.values():
-        full = max(subsets, key=len)
-        grouped["all"].append(_scores(subsets[full]))
-        for name in sorted(full) if len(full) > 1 else []:
-            grouped.setdefault(f"w/o {name}", []).append(_scores(subsets[full - {name}]))
-    return grouped
-
-
-def _scores(row: dict[str, str]) -> dict[str, float]:
-    return {"dice": float(row["dice"]), "hd95": float(row["hd95"])}
-
-
-def nanmean(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else math.nan
+    """Per-case rows of ``robustness_cases.csv`` grouped into ``all`` and ``w/o X`` (every demo modality listed)."""
+    grouped = condition_cases(csv.DictReader(cases_csv.open()), metrics=("dice", "hd95"))
+    return {"all": grouped["all"]} | {f"w/o {m}": grouped.get(f"w/o {m}", []) for m in MODALITIES}
 
 
 def write_results(results: dict[str, dict[str, list[dict[str, float]]]], out: Path, header: str,

@@ -110,6 +110,30 @@ def test_tissue_contrasts(manifest: Path) -> None:
     assert checked["T1"] > 0 and checked["FLAIR"] > 0
 
 
+def test_lesions_show_on_every_sequence(tmp_path: Path) -> None:
+    """Hyperintense on FLAIR, T2 and PD, hypointense on T1, against white and grey matter, well above the noise."""
+    manifest = build_demo_dataset(tmp_path / "ds", n_subjects=6, seed=3, spacing=4.0)
+    csf, gm, wm = load_tissue_maps(4.0)
+    contrast: dict[str, list[float]] = defaultdict(list)
+    for session, rows in _sessions(manifest).items():
+        lesion = np.asanyarray(nib.load(manifest.parent / session / "seg.nii.gz").dataobj).astype(bool)
+        if lesion.sum() < 4:
+            continue
+        for row in rows:
+            if row["modality"] == "seg":
+                continue
+            image = nib.load(manifest.parent / row["path"]).get_fdata()
+            white, grey = image[(wm > 0.9) & ~lesion], image[(gm > 0.9) & ~lesion]
+            sign = -1.0 if row["modality"] == "T1" else 1.0
+            # contrast of the lesion against the closer of the two tissues, in units of the white matter's spread
+            contrast[row["modality"]].append(sign * (image[lesion].mean() - (
+                max if sign > 0 else min)(white.mean(), grey.mean())) / white.std())
+    assert set(contrast) == set(MODALITIES)
+    for modality, values in contrast.items():
+        assert min(values) > 0.5, (modality, values, dict(contrast))
+    assert np.mean(contrast["FLAIR"]) > np.mean(contrast["PD"])  # FLAIR stays the clearest against its neighbours
+
+
 def test_modality_subsets(manifest: Path) -> None:
     subsets = [{r["modality"] for r in rows} - {"seg"} for rows in _sessions(manifest).values()]
     assert all(subsets) and all(s <= set(MODALITIES) for s in subsets)

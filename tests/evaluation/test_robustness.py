@@ -31,6 +31,24 @@ def test_subsets_are_every_non_empty_combination():
                                                  ("a", "b", "c")]
 
 
+def test_max_missing_keeps_the_full_set_and_those_lacking_few_enough():
+    assert modality_subsets(["a", "b", "c"], max_missing=1) == [("a", "b"), ("a", "c"), ("b", "c"), ("a", "b", "c")]
+    assert modality_subsets(["a", "b", "c"], max_missing=0) == [("a", "b", "c")]
+    assert modality_subsets(["a"], max_missing=1) == [("a",)]  # never the empty set
+    assert modality_subsets(["a", "b"], max_missing=5) == modality_subsets(["a", "b"])
+
+
+def test_leave_one_out_evaluation_scores_the_full_set_and_each_one_missing(tmp_path):
+    lesion = torch.zeros(1, 1, 8, 8, 8, dtype=torch.uint8)
+    lesion[..., 2:5, 2:5, 2:5] = 1
+    batch = {"images": torch.randn(1, 3, 8, 8, 8), "present": torch.tensor([[True, True, True]]),
+             "modalities": [["T1", "T2", "FLAIR"]], "session_ids": ["sub-2_ses-1"], "label": lesion}
+    evaluate_modality_subsets(FlairOnlySegmenter(lesion), [batch], tmp_path, max_missing=1)
+    cases = list(csv.DictReader((tmp_path / "robustness_cases.csv").open()))
+    assert sorted(c["subset"] for c in cases if c["case"].startswith("sub-")) == [
+        "FLAIR+T1", "FLAIR+T1+T2", "FLAIR+T2", "T1+T2"]
+
+
 def test_every_subset_of_every_session_is_scored_and_reported(tmp_path):
     lesion = torch.zeros(1, 1, 8, 8, 8, dtype=torch.uint8)
     lesion[..., 2:5, 2:5, 2:5] = 1

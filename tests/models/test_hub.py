@@ -45,8 +45,9 @@ def test_round_trip_writes_every_constructor_argument_and_loads_without_torch_lo
     config = json.loads((tmp_path / "config.json").read_text())
     assert config == {"img_size": [32, 32, 32], "patch_size": [16, 16, 16], "modality_dim": 384, "embed_dim": 48,
                       "depth": 2, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2,
-                      "mlp_ratio": 4.0, "mask_ratio": 0.75, "pad_free": True, "gradient_checkpointing": False,
-                      "preset": "test"}  # the preset's sizes resolved
+                      "mlp_ratio": 4.0, "mask_ratio": 0.75, "conditioning": "cln", "modality_norm": False,
+                      "modality_init_gain": 1.0, "pad_free": True, "gradient_checkpointing": False,
+                      "preset": "test"}  # preset sizes resolved
     card = (tmp_path / "README.md").read_text()
     for fact in ("preset `test`", "32 x 32 x 32", "16 x 16 x 16", "T1, FLAIR", "| Training steps | 7 |",
                  "SYNTHETIC demo", "library_name: brainfm-lightning"):

@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             help="Show the model modality OLD under the name NEW (e.g. FLAIR=T2-FLAIR-3D-SPACE), one "
                                  "it never saw in training; BrainFM embeds it with its text encoder, a fixed-channel "
                                  "U-Net cannot use it. Subsets holding OLD are reported as NEW. Repeatable.")
+    robustness.add_argument("--max-missing", type=int, default=None, metavar="K",
+                            help="Only the subsets lacking at most K of a session's modalities (1: the full set and "
+                                 "each one left out; default: every subset).")
     robustness.add_argument("--limit", type=int, default=None, metavar="N",
                             help="Evaluate the first N test batches only (default: all).")
     robustness.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -178,6 +181,8 @@ def run_robustness(args: argparse.Namespace) -> int:
         renames = parse_renames(args.unseen_name)
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        if args.max_missing is not None and args.max_missing < 0:
+            raise ValueError(f"--max-missing must be >= 0, got {args.max_missing}")
         module, datamodule = load_trained(args.config, args.ckpt_path, args.overrides)
         if hasattr(datamodule, "modality_names"):
             check_renames(renames, datamodule.modality_names)
@@ -197,7 +202,8 @@ def run_robustness(args: argparse.Namespace) -> int:
     datamodule.setup("test")
     batches = renamed_batches(datamodule.test_dataloader(), renames, device, args.limit)
     try:
-        summary = evaluate_modality_subsets(module, batches, out, module.num_classes, spacing or 1.0)
+        summary = evaluate_modality_subsets(module, batches, out, module.num_classes, spacing or 1.0,
+                                            args.max_missing)
     except (ValueError, TextEncoderUnavailableError) as error:  # e.g. a name without a U-Net channel, no data
         return _fail(str(error))
     print(f"robustness of {args.ckpt_path} on the test split, per modality subset (written to {out}):")

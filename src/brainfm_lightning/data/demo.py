@@ -24,14 +24,16 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: lesions brighter than every tissue on T2 and PD
 DESCRIP = b"SYNTHETIC brainfm demo"
 MANIFEST_COLUMNS = ("subject", "session", "modality", "path", "lesion_volume_ml", "has_lesion", "synthetic")
-# Mean intensity per tissue [CSF, GM, WM, lesion], arbitrary units.
+# Mean intensity per tissue [CSF, GM, WM, lesion], arbitrary units. White-matter lesions show on every sequence, as
+# MS and small-vessel lesions do: hyperintense on FLAIR, T2 and PD, hypointense on T1 (darker than GM and WM), so a
+# segmenter without FLAIR still has evidence. FLAIR remains the clearest (CSF suppressed).
 CONTRASTS: dict[str, tuple[float, float, float, float]] = {
-    "T1": (250.0, 600.0, 900.0, 450.0),
-    "T2": (1000.0, 550.0, 400.0, 850.0),
-    "PD": (850.0, 750.0, 600.0, 800.0),
+    "T1": (250.0, 600.0, 900.0, 350.0),
+    "T2": (1000.0, 550.0, 400.0, 1150.0),
+    "PD": (850.0, 750.0, 600.0, 1000.0),
     "FLAIR": (100.0, 600.0, 450.0, 1000.0),
 }
 _TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"

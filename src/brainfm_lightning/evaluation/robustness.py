@@ -27,9 +27,13 @@ class SubsetSegmenter(Protocol):
         ...
 
 
-def modality_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset of ``names``, smallest first, each in the order of ``names``."""
-    return [s for k in range(1, len(names) + 1) for s in itertools.combinations(names, k)]
+def modality_subsets(names: Sequence[str], max_missing: int | None = None) -> list[tuple[str, ...]]:
+    """Every non-empty subset of ``names`` lacking at most ``max_missing`` of them (all: ``None``).
+
+    Smallest first, each in the order of ``names``.
+    """
+    smallest = 1 if max_missing is None else max(1, len(names) - max_missing)
+    return [s for k in range(smallest, len(names) + 1) for s in itertools.combinations(names, k)]
 
 
 @torch.no_grad()
@@ -39,12 +43,14 @@ def evaluate_modality_subsets(
     out_dir: str | Path,
     num_classes: int = 2,
     spacing: float | Sequence[float] = 1.0,
+    max_missing: int | None = None,
 ) -> list[dict[str, object]]:
     """Segment each session once per non-empty subset of its modalities (others dropped through ``present``).
 
     Whole-volume batches (with ``label_paths``, as ``brainfm test`` sees them) are scored in native space against
-    the mask files (:func:`~brainfm_lightning.evaluation.native.native_case_metrics`, ``spacing`` unused); crops on
-    their grid. Writes to ``out_dir``: ``robustness_cases.csv`` (one row per session and subset), ``robustness.csv`` and
+    the mask files (:func:`~brainfm_lightning.evaluation.native.native_case_metrics`, ``spacing`` unused), with the
+    lesion-wise ``lesion_f1``, ``lesion_tpr`` and ``lesion_ppv`` as well; crops on their grid. Writes to ``out_dir``:
+    ``robustness_cases.csv`` (one row per session and subset), ``robustness.csv`` and
     ``robustness.md`` (NaN-aware means per subset, best Dice first) and ``robustness.png`` (a heatmap: one row per
     subset, the cells of its modalities coloured by its mean Dice).
 
@@ -54,6 +60,8 @@ def evaluate_modality_subsets(
         out_dir: Output folder (created).
         num_classes: Classes including background.
         spacing: Voxel spacing in mm for HD95.
+        max_missing: Only the subsets that lack at most this many of a session's modalities (``1``: the full set
+            and each one left out, what a leave-one-out table needs); ``None``: every subset.
 
     Returns:
         The summary rows: ``subset``, ``n_modalities``, ``n_cases`` and the mean of each metric.
@@ -66,20 +74,22 @@ def evaluate_modality_subsets(
         embeddings = module.modality_embeddings(batch["modalities"], like=images)
         for i, session in enumerate(batch["session_ids"]):
             slots = [m for m in range(present.shape[1]) if present[i, m]]
-            for subset in modality_subsets(slots):
+            for subset in modality_subsets(slots, max_missing):
                 kept = torch.zeros_like(present[i : i + 1])
                 kept[0, list(subset)] = True
                 logits = module.predict_logits(images[i : i + 1], embeddings[i : i + 1], kept)
                 prediction = logits.argmax(1, keepdim=True)
+                lesions: dict[str, float] = {}
                 if batch.get("label_paths") is not None:
-                    metrics, _, _ = native_case_metrics(prediction[0].to(torch.uint8).cpu().numpy(),
-                                                        batch["affines"][i], batch["label_paths"][i], num_classes)
+                    metrics, lesions, _ = native_case_metrics(prediction[0].to(torch.uint8).cpu().numpy(),
+                                                              batch["affines"][i], batch["label_paths"][i], num_classes)
                 else:
                     metrics = segmentation_metrics(prediction, batch["label"][i : i + 1].to(prediction.device),
                                                    num_classes, spacing)
                 names = [batch["modalities"][i][m] for m in subset]
                 rows.append({"case": session, "subset": "+".join(sorted(names)), "n_modalities": len(names)}
-                            | {k: float(v.nanmean()) for k, v in metrics.items()})
+                            | {k: float(v.nanmean()) for k, v in metrics.items()}
+                            | {k: lesions[k] for k in ("lesion_f1", "lesion_tpr", "lesion_ppv") if k in lesions})
     if not rows:
         raise ValueError("no session to evaluate: the batches were empty")
     out_dir = Path(out_dir)
@@ -97,7 +107,7 @@ def summarize_subsets(rows: Sequence[Mapping[str, object]]) -> list[dict[str, ob
     for subset in sorted({str(r["subset"]) for r in rows}):
         cases = [r for r in rows if r["subset"] == subset]
         means = {}
-        for name in SEGMENTATION_METRICS:
+        for name in [m for m in (*SEGMENTATION_METRICS, "lesion_f1") if m in cases[0]]:
             values = np.array([float(r[name]) for r in cases])  # type: ignore[arg-type]
             means[name] = float(np.nanmean(values)) if (~np.isnan(values)).any() else float("nan")
         summary.append({"subset": subset, "n_modalities": cases[0]["n_modalities"], "n_cases": len(cases)} | means)

@@ -83,11 +83,13 @@ class SegmenterHubMixin(HubMixin):
     num_classes: int
     feature_size: int
     feature_layers: list[int]
+    stem: str
 
     @override
     def hub_config(self) -> dict[str, Any]:
         return {"net": self.net.hub_config(), "num_classes": self.num_classes, "feature_size": self.feature_size,
-                "feature_layers": self.feature_layers[:-1]}  # the last is always the encoder's depth
+                "feature_layers": self.feature_layers[:-1],  # the last is always the encoder's depth
+                "stem": self.stem}
 
     @override
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
@@ -86,6 +87,10 @@ def mean_over_present(images: torch.Tensor, present: torch.Tensor) -> torch.Tens
     return summed / is_present.sum(1, keepdim=True).clamp_min(1).to(images.dtype)
 
 
+Stem = Literal["mean", "per_sequence", "tokens"]
+STEMS: tuple[str, ...] = ("mean", "per_sequence", "tokens")
+
+
 class UNETRDecoder(nn.Module):
     """UNETR's convolutional decoder (Hatamizadeh et al. 2022) from MONAI blocks, for any power-of-two patch size.
 
@@ -93,11 +98,15 @@ class UNETRDecoder(nn.Module):
     ``1/2 .. 1/2^(k-1)`` resolution by transposed convolutions, and the deepest tokens at the patch grid, merged
     back up by ``k`` up-blocks. ``patch = 16`` gives MONAI's ``UNETR`` decoder exactly.
 
+    ``in_channels=0`` drops the image stem: the full-resolution features are then a further token skip brought up
+    by ``k`` transposed convolutions (``forward`` takes ``k`` skips), so everything the decoder sees went through the
+    encoder.
+
     Args:
         embed_dim: Token width.
         patch_size: Patch edges; all equal, a power of two >= 4.
         num_classes: Output channels (classes including background).
-        in_channels: Channels of the image the stem sees.
+        in_channels: Channels of the image the stem sees; 0 for no image path.
         feature_size: Channels at full resolution; doubled at every level.
         norm_name: MONAI norm of the conv blocks.
     """
@@ -115,16 +124,19 @@ class UNETRDecoder(nn.Module):
         edge = patch_size[0]
         if len(set(patch_size)) != 1 or edge < 4 or edge & (edge - 1):
             raise ValueError(f"UNETRDecoder needs equal power-of-two patch edges >= 4, got {tuple(patch_size)}")
-        if num_classes < 1 or feature_size < 1:
-            raise ValueError(f"num_classes and feature_size must be >= 1, got {num_classes}, {feature_size}")
+        if num_classes < 1 or feature_size < 1 or in_channels < 0:
+            raise ValueError(f"num_classes and feature_size must be >= 1 and in_channels >= 0, got {num_classes}, "
+                             f"{feature_size}, {in_channels}")
         self.levels = edge.bit_length() - 1
         blocks = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name, res_block=True)
-        self.stem = UnetrBasicBlock(in_channels=in_channels, out_channels=feature_size, stride=1, **blocks)
-        # skips[s - 1] serves resolution 1/2^s with feature_size * 2^s channels
+        self.stem = (UnetrBasicBlock(in_channels=in_channels, out_channels=feature_size, stride=1, **blocks)
+                     if in_channels else None)
+        # skips[s - 1] serves resolution 1/2^s with feature_size * 2^s channels (s = 0 too, without a stem)
+        self.first_skip = 1 if self.stem is not None else 0
         self.skips = nn.ModuleList(
             UnetrPrUpBlock(in_channels=embed_dim, out_channels=feature_size * 2**s, num_layer=self.levels - s - 1,
                            stride=1, upsample_kernel_size=2, conv_block=True, **blocks)
-            for s in range(1, self.levels)
+            for s in range(self.first_skip, self.levels)
         )
         # ups[s] goes from resolution 1/2^(s+1) to 1/2^s
         self.ups = nn.ModuleList(
@@ -134,15 +146,38 @@ class UNETRDecoder(nn.Module):
         )
         self.out = UnetOutBlock(spatial_dims=3, in_channels=feature_size, out_channels=num_classes)
 
-    def forward(self, image: torch.Tensor, skips: Sequence[torch.Tensor], deepest: torch.Tensor) -> torch.Tensor:
-        """image: [B, in_channels, *S]; skips: k - 1 volumes [B, D, *grid], shallow to deep; deepest: [B, D, *grid]."""
-        if len(skips) != self.levels - 1:
-            raise ValueError(f"expected {self.levels - 1} skip feature volumes, got {len(skips)}")
-        features = [self.stem(image)] + [block(x) for block, x in zip(self.skips, skips, strict=True)]
+    def forward(self, image: torch.Tensor | None, skips: Sequence[torch.Tensor], deepest: torch.Tensor,
+                present: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits at full resolution.
+
+        Args:
+            image: ``[B, in_channels, *S]`` for the stem (``None`` without one); with ``present``, ``[B, M, *S]``:
+                the stem (``in_channels=1``) runs on each present slot and its features are averaged over them.
+            skips: Token volumes ``[B, D, *grid]``, shallow to deep: ``k - 1`` with a stem, ``k`` without.
+            deepest: ``[B, D, *grid]``.
+            present: Optional bool ``[B, M]``: the slots of ``image`` that hold a sequence.
+        """
+        if len(skips) != len(self.skips):
+            raise ValueError(f"expected {len(self.skips)} skip feature volumes, got {len(skips)}")
+        if (image is None) != (self.stem is None):
+            raise ValueError("the decoder " + ("has an image stem: pass the image" if self.stem is not None
+                                               else "has no image stem: pass image=None"))
+        features = [block(x) for block, x in zip(self.skips, skips, strict=True)]
+        if self.stem is not None:
+            features.insert(0, self.stem(image) if present is None else self._per_slot_stem(image, present))
         x = deepest
         for s in reversed(range(self.levels)):
             x = self.ups[s](x, features[s])
         return self.out(x)
+
+    def _per_slot_stem(self, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The stem on each present slot of ``images`` ``[B, M, *S]`` (padded slots are never computed), averaged."""
+        b = images.shape[0]
+        features = self.stem(images[present].unsqueeze(1))  # [S, F, *S]
+        session = torch.nonzero(present)[:, 0]
+        summed = features.new_zeros(b, *features.shape[1:]).index_add_(0, session, features)
+        counts = present.sum(1).clamp_min(1).to(features.dtype)
+        return summed / counts.reshape(b, *([1] * (features.dim() - 1)))
 
 
 class ModalityUNETR(nn.Module, SegmenterHubMixin):
@@ -151,12 +186,23 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
     ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` work as for :class:`ModalityMAE`; ``config.json``
     holds the head's arguments and the encoder's config under ``net``.
 
+    The full-resolution path (``stem``) decides how much the encoder carries:
+
+    - ``mean``: UNETR's conv stem on the mean of the present z-scored sequences. Cheap, but the decoder can segment
+      a lesion from this mean alone, past the encoder.
+    - ``per_sequence``: one shared conv stem on each present sequence, then the mean of their features: the same
+      image path, fused after a non-linearity rather than before it.
+    - ``tokens``: no image path; the full-resolution features are encoder tokens (of the shallowest skip depth)
+      brought up by transposed convolutions, so every feature went through the encoder.
+
     Args:
         net: The (pretrained) :class:`ModalityMAE`; its reconstruction decoder is not used.
         num_classes: Classes including background.
         feature_size: Decoder channels at full resolution.
-        feature_layers: Encoder depths of the ``k - 1`` skips, shallow to deep (default: evenly spaced, as UNETR's
-            3, 6, 9 of 12); the deepest features are always the encoder's normed output.
+        feature_layers: Encoder depths of the token skips, shallow to deep (default: evenly spaced, as UNETR's
+            3, 6, 9 of 12): ``k - 1`` of them for ``k = log2(patch)`` levels, ``k`` with ``stem="tokens"``; the
+            deepest features are always the encoder's normed output.
+        stem: ``mean``, ``per_sequence`` or ``tokens`` (above).
     """
 
     def __init__(
@@ -165,20 +211,29 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
         num_classes: int = 2,
         feature_size: int = 16,
         feature_layers: Sequence[int] | None = None,
+        stem: Stem = "mean",
     ) -> None:
         super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         self.net = net
-        self.num_classes, self.feature_size = num_classes, feature_size
-        self.decoder = UNETRDecoder(net.config["embed_dim"], net.patch_size, num_classes, 1, feature_size)
-        depth, levels = net.config["depth"], self.decoder.levels
-        layers = list(feature_layers) if feature_layers is not None else [depth * s // levels for s in range(1, levels)]
-        if len(layers) != levels - 1:
-            raise ValueError(f"feature_layers needs {levels - 1} encoder depths for patch {net.patch_size}, "
-                             f"got {layers}")
+        self.num_classes, self.feature_size, self.stem = num_classes, feature_size, stem
+        self.decoder = UNETRDecoder(net.config["embed_dim"], net.patch_size, num_classes,
+                                    0 if stem == "tokens" else 1, feature_size)
+        depth, skips = net.config["depth"], len(self.decoder.skips)
+        layers = (list(feature_layers) if feature_layers is not None
+                  else [depth * s // (skips + 1) for s in range(1, skips + 1)])
+        if len(layers) != skips:
+            raise ValueError(f"feature_layers needs {skips} encoder depths for patch {net.patch_size} and "
+                             f"stem={stem!r}, got {layers}")
         self.feature_layers = layers + [depth]
 
     def forward(self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Logits [B, C, *img_size] of images [B, M, *img_size], modality_embeddings [B, M, Cm], present bool [B, M]."""
         states, valid = encoder_hidden_states(self.net, images, modality_embeddings, present, self.feature_layers)
         volumes = [fuse_modalities(x, valid, self.net.grid) for x in states]
+        if self.stem == "tokens":
+            return self.decoder(None, volumes[:-1], volumes[-1])
+        if self.stem == "per_sequence":
+            return self.decoder(images, volumes[:-1], volumes[-1], present=present)
         return self.decoder(mean_over_present(images, present), volumes[:-1], volumes[-1])

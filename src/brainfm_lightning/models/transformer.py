@@ -97,14 +97,17 @@ class ConditionedTransformer(nn.Module):
         mlp_ratio: MLP hidden width over ``dim``.
         pad_free: Run on the packed valid tokens (attention per group of equal length, no mask) instead of the
             padded batch with a key-padding mask. Same numbers, less compute when sessions differ in length.
+        conditioned: ``False`` feeds every norm a zero condition, so each is a LayerNorm with a learned affine
+            shared by all modalities (the no-CLN ablation; the maps' weights then receive zero gradients).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0,
-                 pad_free: bool = True) -> None:
+                 pad_free: bool = True, conditioned: bool = True) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(ConditionedBlock(dim, num_heads, cond_dim, mlp_ratio) for _ in range(depth))
         self.norm = ConditionalLayerNorm(dim, cond_dim)
         self.pad_free = pad_free
+        self.conditioned = conditioned
         self.gradient_checkpointing = False
 
     def forward(
@@ -119,6 +122,8 @@ class ConditionedTransformer(nn.Module):
         Returns:
             ``[B, N, C]``; padded positions hold zeros (pad-free) or values nothing depends on (padded).
         """
+        if not self.conditioned:
+            cond = torch.zeros_like(cond)
         if not self.pad_free:
             return self._run(x, cond, cond_index, key_valid=key_valid)
         if bool(key_valid.all()):  # one group holding every session: no packing needed, and no mask

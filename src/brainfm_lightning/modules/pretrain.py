@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +38,9 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         aliases: Extra alias -> canonical modality name.
         nonfinite_loss: ``error`` stops at a non-finite loss naming the step and sessions; ``skip`` trains the step
             as a zero loss (:class:`SkippedBatchMixin`: DDP ranks keep stepping together) and counts it.
+        shuffle_modality_names: Permute each training session's sequence names at random in every step (images
+            stay in place), so the names carry no information: the ablation that tells what the modality embedding
+            adds. Validation and test keep the true names.
         compile: ``torch.compile`` the transformer blocks when the Trainer sets the model up (GPU runs; the first
             steps pay for compilation). A mode string (``default``, ``reduce-overhead``, ``max-autotune``) picks
             the mode; the packed attention stays eager.
@@ -59,6 +62,7 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         descriptions: Mapping[str, str] | None = None,
         aliases: Mapping[str, str] | None = None,
         nonfinite_loss: Literal["error", "skip"] = "error",
+        shuffle_modality_names: bool = False,
         compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = False,
     ) -> None:
         super().__init__()
@@ -103,6 +107,9 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         if batch is None:  # every session was bad input; Lightning's loop skips such batches before this
             return self.skipped_step_loss()
         generator = self._training_mask_generator(batch_idx, batch["images"].device)
+        if self.hparams.shuffle_modality_names:
+            batch = dict(batch) | {"modalities": shuffled_names(batch["modalities"], torch.Generator().manual_seed(
+                int(torch.randint(2**62, (1,), generator=generator, device=generator.device))))}
         terms = self.compute_losses(self(batch, generator=generator))
         if not torch.isfinite(terms["loss"]):
             message = (f"non-finite loss {terms['loss'].item()} at global step {self.global_step} "
@@ -183,3 +190,13 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["net_config"] = dict(self.net.config)  # rebuilds the network without Lightning
+
+
+def shuffled_names(modalities: Sequence[Sequence[str]], generator: torch.Generator) -> list[list[str]]:
+    """Each session's present (non-empty) names in a random order over the same slots; padding stays empty."""
+    result = []
+    for row in modalities:
+        names = [n for n in row if n]
+        order = iter([names[i] for i in torch.randperm(len(names), generator=generator).tolist()])
+        result.append([next(order) if n else "" for n in row])
+    return result

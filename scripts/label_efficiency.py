@@ -1,0 +1,292 @@
+"""Does pretraining pay when labels are few? BrainFM pretrained vs scratch vs a U-Net at 2-16 labelled subjects.
+
+``make label-efficiency`` (``--quick`` for a smoke run of every stage). Everything is SYNTHETIC demo data at 4 mm,
+32^3 crops, the ``small`` preset with 8^3 patches (``configs/compare/brainfm_32.yaml``):
+
+1. An unlabelled pretraining pool, ``data/demo_4mm_pool``: ``--pool`` subjects from another generator seed than the
+   labelled set, with T1, T2 and PD only. FLAIR never appears in pretraining.
+2. The labelled set, ``data/demo_4mm`` (48 subjects): a fixed test split (``sub-037`` .. ``sub-048``), 4 validation
+   subjects (``sub-033`` .. ``sub-036``) and a labelled pool of 32; each seed draws nested training sets of every
+   size in ``--sizes`` from it. FLAIR appears here under the descriptive name ``T2-FLAIR-3D-SPACE``, a sequence and a
+   name the pretrained encoder never saw.
+3. ``brainfm fit`` of ``configs/pretrain/quickstart.yaml`` on the pool for ``--pretrain-steps`` (once per variant:
+   the model itself and each ``--ablations`` entry: ``no_cln`` Conditional LayerNorm frozen at its identity start,
+   ``shuffled_names`` each session's sequence names permuted at random in every step, ``no_vicreg`` no
+   variance/covariance terms).
+4. For every size and seed: ``brainfm fit`` of ``configs/finetune/seg_demo.yaml`` (``--steps`` steps) from each
+   pretrained variant and from scratch, and of ``configs/finetune/unet_baseline.yaml``; the last checkpoint goes
+   through ``brainfm evaluate robustness`` on the test split: whole volumes, scored in native space, with every
+   sequence and with each one missing. Ablations run at the sizes in ``--ablation-sizes``, with one more segmenter
+   there: a randomly initialised encoder kept frozen (does the encoder matter at all?).
+5. A linear probe (logistic / ridge regression) and 5-nearest-neighbours on frozen, mean-pooled encoder features of
+   the pretrained and of randomly initialised encoders (one per seed): lesion presence and lesion volume, fitted on
+   the labelled pool and scored on the test split.
+
+Writes to ``--out``: ``results.csv`` (one row per model, size, condition: mean and sample std over seeds of the
+per-seed test means of Dice, HD95 in mm and lesion-wise F1), ``runs.csv`` (every run), ``probe.csv``,
+``results.md`` (tables, command, timings) and ``label_efficiency.png`` (the curves).
+Runs in one process (the commands' own entry point, ``brainfm_lightning.cli.main``), so no run pays Python's start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # data_modules/ for the configs' class paths when run as a script
+CONFIGS = REPO / "configs"
+UNSEEN = "T2-FLAIR-3D-SPACE"
+POOL_MODALITIES = ("T1", "T2", "PD")
+TEST = [f"sub-{k:03d}" for k in range(37, 49)]
+VAL = [f"sub-{k:03d}" for k in range(33, 37)]
+LABELLED_POOL = [f"sub-{k:03d}" for k in range(1, 33)]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+ABLATIONS = {  # name -> (table name, pretraining overrides)
+    "no_cln": ("BrainFM (no CLN)", ["--model.init_args.net.init_args.conditioning", "none"]),
+    "shuffled_names": ("BrainFM (shuffled names)", ["--model.init_args.shuffle_modality_names", "true"]),
+    "no_vicreg": ("BrainFM (no VICReg)", ["--model.init_args.lambda_var", "0", "--model.init_args.lambda_cov", "0"]),
+}
+
+
+def config_args(configs: Sequence[str | Path]) -> list[str]:
+    """``--config`` options, composed left to right (names relative to ``configs/``)."""
+    return [item for c in configs for item in ("--config", str(c if Path(c).is_absolute() else CONFIGS / c))]
+
+
+class Runner:
+    """Runs ``brainfm`` commands in this process, logs their times, and skips trainings already done (``--reuse``)."""
+
+    def __init__(self, work: Path, reuse: bool) -> None:
+        from brainfm_lightning.cli import main
+
+        self.main, self.work, self.reuse = main, work, reuse
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, stage: str, args: list[str]) -> None:
+        print(f"[{stage}] brainfm {' '.join(args)}", flush=True)
+        start = time.perf_counter()
+        code = self.main(args)
+        self.timings[stage] = time.perf_counter() - start
+        print(f"[{stage}] done in {self.timings[stage]:.0f} s", flush=True)
+        if code:
+            sys.exit(f"label-efficiency: stage {stage!r} failed with exit status {code}")
+
+    def fit(self, stage: str, configs: Sequence[str | Path], *extra: str) -> Path:
+        folder = self.work / stage
+        found = sorted(folder.rglob("last.ckpt"))
+        if not (self.reuse and found):
+            self(stage, ["fit", *config_args(configs), "--trainer.default_root_dir", str(folder), *QUIET, *extra])
+            found = sorted(folder.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            sys.exit(f"label-efficiency: no last.ckpt under {folder}")
+        return found[-1]
+
+
+def build_data(pool_subjects: int, work: Path) -> tuple[Path, list[dict[str, str]]]:
+    """The pretraining pool and the labelled set (built on first use); returns the pool's root and labelled rows."""
+    from brainfm_lightning.data.demo import ensure_demo_dataset
+
+    pool = ensure_demo_dataset(REPO / "data/demo_4mm_pool", n_subjects=pool_subjects, seed=1, spacing=4.0,
+                               modalities=POOL_MODALITIES).parent
+    manifest = ensure_demo_dataset(REPO / "data/demo_4mm", n_subjects=48, seed=0, spacing=4.0)
+    rows = [dict(r) | {"path": str((manifest.parent / r["path"]).resolve())} for r in csv.DictReader(manifest.open())]
+    return pool, rows
+
+
+def data_config(path: Path, manifest: Path, cache: Path) -> Path:
+    """A data config reading ``manifest`` (with its split column) at 4 mm, 32^3 crops."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"data": {"class_path": "data_modules.ManifestDataModule", "init_args": {
+        "manifest": str(manifest), "spacing": 4.0, "crop_size": 32, "batch_size": 2, "num_workers": 0,
+        "with_label": True, "cache_dir": str(cache), "prepare_cache": True}}}, indent=1))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from brainfm_lightning.evaluation import label_efficiency as le
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "label-efficiency", help="Tables and figure.")
+    parser.add_argument("--work", type=Path, default=REPO / "runs/label-efficiency", help="Checkpoints and logs.")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16], help="Labelled training subjects.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds (>= 3 for a spread).")
+    parser.add_argument("--pool", type=int, default=200, help="Unlabelled pretraining subjects.")
+    parser.add_argument("--pretrain-steps", type=int, default=1000, help="Pretraining steps (batches of 4).")
+    parser.add_argument("--steps", type=int, default=80, help="Fine-tuning steps of every segmenter (batches of 2).")
+    parser.add_argument("--stem", default="per_sequence", choices=["mean", "per_sequence", "tokens"],
+                        help="BrainFM segmenter's full-resolution path (ModalityUNETR's stem).")
+    parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS))
+    parser.add_argument("--ablation-sizes", type=int, nargs="*", default=[4],
+                        help="Sizes at which the ablations and the frozen random encoder are trained.")
+    parser.add_argument("--no-probe", action="store_true", help="Skip the frozen-feature probes.")
+    parser.add_argument("--quick", action="store_true",
+                        help="Every stage, tiny: pool 24, 40 pretraining and 10 fine-tuning steps, sizes 2 4, "
+                             "one ablation size.")
+    parser.add_argument("--reuse", action="store_true", help="Skip trainings whose last.ckpt exists.")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.pool, args.pretrain_steps, args.steps, args.sizes, args.ablation_sizes = 24, 40, 10, [2, 4], [2]
+    if min(args.pool, args.pretrain_steps, args.steps) < 1:
+        parser.error("--pool, --pretrain-steps and --steps must be >= 1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    start = time.perf_counter()
+    work = args.work.resolve()
+    run = Runner(work, args.reuse)
+    pool_root, labelled_rows = build_data(args.pool, work)
+    cache = REPO / "data/demo_4mm-prepared"
+    net = ["compare/brainfm_32.yaml"]
+    pool_data = ["--data.class_path", "data_modules.DemoDataModule", "--data.init_args.root", str(pool_root),
+                 "--data.init_args.n_subjects", str(args.pool), "--data.init_args.demo_seed", "1",
+                 "--data.init_args.demo_spacing", "4.0", "--data.init_args.spacing", "4.0",
+                 "--data.init_args.crop_size", "32", "--data.init_args.val_fraction", "0.05",
+                 "--data.init_args.num_workers", "0", "--data.init_args.augment", "false"]
+
+    # 1. pretraining, once per variant
+    pretrain_steps = ["--trainer.max_steps", str(args.pretrain_steps), "--trainer.max_epochs", "-1",
+                      "--trainer.check_val_every_n_epoch", "1000000"]
+    variants = {"pretrained": ("BrainFM (pretrained)", [])} | {a: ABLATIONS[a] for a in args.ablations}
+    checkpoints = {}
+    for variant, (_, overrides) in variants.items():
+        checkpoints[variant] = run.fit(f"pretrain_{variant}", ["pretrain/quickstart.yaml", *net],
+                                       *pretrain_steps, *pool_data, *overrides)
+
+    # 2. fine-tuning and evaluation per size and seed
+    fine_tune = ["--trainer.max_steps", str(args.steps), "--trainer.max_epochs", "-1",
+                 "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
+    seg = ["finetune/seg_demo.yaml", *net]
+    unet = ["finetune/unet_baseline.yaml", "compare/unet_32.yaml"]
+    unet_channels = ["--model.init_args.modalities", json.dumps(["T1", "T2", "PD", UNSEEN])]
+    seg_stem = ["--model.init_args.head.init_args.stem", args.stem]
+    records: list[dict[str, object]] = []
+    for seed in args.seeds:
+        for size, subjects in le.nested_subsets(LABELLED_POOL, args.sizes, seed).items():
+            tag = f"n{size:02d}_seed{seed}"
+            rows = le.split_manifest(labelled_rows, {"train": subjects, "val": VAL, "test": TEST},
+                                     rename={"FLAIR": UNSEEN})
+            manifest = le.write_manifest(rows, work / "manifests" / f"{tag}.csv")
+            data = data_config(work / "manifests" / f"{tag}.yaml", manifest, cache)
+            models = {"scratch": ("BrainFM (scratch)", seg, [*seg_stem]),
+                      "unet": ("U-Net (fixed channels)", unet, unet_channels)}
+            for variant, (name, _) in variants.items():
+                if variant == "pretrained" or size in args.ablation_sizes:
+                    models[variant] = (name, seg,
+                                       [*seg_stem, "--model.init_args.pretrained", str(checkpoints[variant])])
+            if size in args.ablation_sizes:  # does the encoder matter at all? a random one, frozen
+                models["frozen_random"] = ("BrainFM (frozen random encoder)", seg,
+                                           [*seg_stem, "--model.init_args.freeze_encoder", "full"])
+            for key, (name, configs, extra) in models.items():
+                stage = f"{tag}_{key}"
+                configs = [*configs, data]
+                checkpoint = run.fit(stage, configs, *fine_tune, "--seed_everything", str(seed), *extra)
+                out = work / stage / "robustness"
+                if not (args.reuse and (out / "robustness_cases.csv").is_file()):
+                    run(f"{stage}_evaluate", ["evaluate", "robustness", *config_args(configs), "--ckpt_path",
+                                              str(checkpoint), "--out", str(out), "--max-missing", "1",
+                                              *unet_set(configs, extra)])
+                grouped = le.condition_cases(csv.DictReader((out / "robustness_cases.csv").open()))
+                records += [{"model": name, "n_labelled": size, "seed": seed, "condition": condition, "cases": cases}
+                            for condition, cases in grouped.items()]
+
+    # 3. frozen-feature probes
+    probe_rows: list[dict[str, object]] = []
+    if not args.no_probe:
+        data = data_config(work / "manifests" / "probe.yaml", le.write_manifest(
+            le.split_manifest(labelled_rows, {"train": LABELLED_POOL, "val": VAL, "test": TEST},
+                              rename={"FLAIR": UNSEEN}), work / "manifests" / "probe.csv"), cache)
+        probe_rows = frozen_feature_probes([CONFIGS / "pretrain/quickstart.yaml", CONFIGS / net[0], data],
+                                           checkpoints["pretrained"], args.seeds)
+        args.out.mkdir(parents=True, exist_ok=True)
+        le.write_rows(probe_rows, args.out / "probe.csv")
+
+    summary = le.aggregate(records)
+    args.out.mkdir(parents=True, exist_ok=True)
+    le.write_rows(summary, args.out / "results.csv")
+    le.write_rows([{k: v for k, v in r.items() if k != "cases"} | {
+        m: le.nanmean(c[m] for c in r["cases"]) for m in le.CURVE_METRICS} for r in records],  # type: ignore[union-attr]
+        args.out / "runs.csv")
+    le.plot_curves(summary, args.out / "label_efficiency.png",
+                   conditions=("all",), metrics=("dice", "lesion_f1"))
+    total = time.perf_counter() - start
+    command = "python scripts/label_efficiency.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = [f"# Label efficiency on the SYNTHETIC demo data at 4 mm (test split: {len(TEST)} subjects)", "",
+              f"`{command.strip()}`: pool {args.pool} unlabelled subjects (T1, T2, PD), {args.pretrain_steps} "
+              f"pretraining steps, {args.steps} fine-tuning steps per segmenter (BrainFM stem `{args.stem}`), seeds "
+              f"{args.seeds}; wall time {total / 60:.1f} min. Cells: mean ± sample std over seeds of each seed's mean "
+              "over the test sessions; FLAIR is shown as `" + UNSEEN + "`, never seen in pretraining.", ""]
+    for metric, title in (("dice", "Dice"), ("hd95", "HD95 (mm)"), ("lesion_f1", "Lesion-wise F1")):
+        report += [f"## {title}", "", le.markdown_table(summary, metric)]
+    if probe_rows:
+        report += ["## Frozen features (test split)", "", "| encoder | target | probe | score | value |",
+                   "|---|---|---|---|---|"]
+        report += [f"| {r['encoder']} | {r['target']} | {r['probe']} | {r['score']} | {float(r['value']):.3f}"
+                   + (f" ± {float(r['std']):.3f}" if not math.isnan(float(r['std'])) else "") + " |"
+                   for r in probe_rows]
+    report += ["", "Stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings.items())]
+    (args.out / "results.md").write_text("\n".join(report) + "\n")
+    print("\n".join(report[:-1]))
+    print(f"wrote {args.out}/results.md, results.csv, runs.csv, label_efficiency.png")
+    return 0
+
+
+def frozen_feature_probes(configs: Sequence[Path], checkpoint: Path, seeds: Sequence[int]) -> list[dict[str, object]]:
+    """Probes of lesion presence and volume on the pretrained encoder's and on random encoders' pooled features.
+
+    Features are taken on the centred crop of each session with all its sequences; the probes are fitted on the
+    labelled pool (``train`` split) and scored on the test split. One random encoder per seed gives the spread.
+    """
+    import numpy as np
+    import torch
+
+    from brainfm_lightning.commands.evaluate import load_trained
+    from brainfm_lightning.evaluation.probe import pooled_features, probe_scores
+    from brainfm_lightning.models import ModalityMAE
+
+    module, datamodule = load_trained([str(c) for c in configs], str(checkpoint), with_label=False)
+    module.eval()
+    columns = ("has_lesion", "lesion_volume_ml")
+
+    def embed(names, like):
+        return module.modality_embeddings(names, like=like)
+
+    def features(net):
+        return [pooled_features(net, embed, datamodule.evaluation_dataloader(split), columns)
+                for split in ("train", "test")]
+
+    encoders = {"pretrained": [features(module.net)]}
+    config = {k: v for k, v in module.net.config.items() if k != "preset"}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        encoders.setdefault("random init", []).append(features(ModalityMAE(preset=module.net.config["preset"],
+                                                                           **config).eval()))
+    rows: list[dict[str, object]] = []
+    for encoder, draws in encoders.items():
+        for column, task in zip(columns, ("classification", "regression"), strict=True):
+            scores = [probe_scores(train[0], train[1][column], test[0], test[1][column], task)
+                      for train, test in draws]
+            for score in scores[0]:
+                values = np.array([s[score] for s in scores])
+                rows.append({"encoder": encoder, "target": column, "probe": score.split("_")[0],
+                             "score": score.split("_", 1)[1], "value": float(values.mean()),
+                             "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                             "n_encoders": len(values)})
+    return rows
+
+
+def unet_set(configs: Sequence[str | Path], extra: Sequence[str]) -> list[str]:
+    """The U-Net's channel list again for ``brainfm evaluate``, which rebuilds the model from the configs."""
+    if "finetune/unet_baseline.yaml" not in configs:
+        return []
+    return ["--set", f"model.init_args.modalities={extra[extra.index('--model.init_args.modalities') + 1]}"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
