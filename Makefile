@@ -53,7 +53,8 @@ compare: install
 
 # Label efficiency (scripts/label_efficiency.py): BrainFM pretrained on 200 unlabelled SYNTHETIC sessions vs scratch vs
 # a U-Net at 2-16 labelled subjects, 3 seeds, every sequence and each one missing, ablations and frozen-feature probes;
-# writes label-efficiency/results.md, .csv and label_efficiency.png (~70 min on 2 CPU cores; LE_ARGS=--quick: minutes).
+# writes label-efficiency/results.md, .csv and label_efficiency.png. The full design takes hours on 2 CPU cores
+# (docs/label_efficiency.md: the subset that was run and its time); LE_ARGS="--quick" runs every stage in minutes.
 label-efficiency: install
 	$(PY) scripts/label_efficiency.py $(LE_ARGS)
 

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds (>= 3 for a spread).")
     parser.add_argument("--pool", type=int, default=200, help="Unlabelled pretraining subjects.")
     parser.add_argument("--pretrain-steps", type=int, default=1000, help="Pretraining steps (batches of 4).")
-    parser.add_argument("--steps", type=int, default=80, help="Fine-tuning steps of every segmenter (batches of 2).")
+    parser.add_argument("--steps", type=int, default=200, help="Fine-tuning steps of every segmenter (batches of 2).")
     parser.add_argument("--stem", default="per_sequence", choices=["mean", "per_sequence", "tokens"],
                         help="BrainFM segmenter's full-resolution path (ModalityUNETR's stem).")
     parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS))
@@ -128,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="Sizes at which the ablations and the frozen random encoder are trained.")
     parser.add_argument("--no-probe", action="store_true", help="Skip the frozen-feature probes.")
     parser.add_argument("--quick", action="store_true",
-                        help="Every stage, tiny: pool 24, 40 pretraining and 10 fine-tuning steps, sizes 2 4, "
-                             "one ablation size.")
+                        help="Every stage once, tiny (a smoke run of about 10 minutes, no figure to read): pool 24, "
+                             "40 pretraining and 10 fine-tuning steps, 2 labelled subjects, seed 0.")
     parser.add_argument("--reuse", action="store_true", help="Skip trainings whose last.ckpt exists.")
     args = parser.parse_args(argv)
     if args.quick:
-        args.pool, args.pretrain_steps, args.steps, args.sizes, args.ablation_sizes = 24, 40, 10, [2, 4], [2]
+        args.pool, args.pretrain_steps, args.steps, args.sizes, args.ablation_sizes = 24, 40, 10, [2], [2]
+        args.seeds = [0]
     if min(args.pool, args.pretrain_steps, args.steps) < 1:
         parser.error("--pool, --pretrain-steps and --steps must be >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

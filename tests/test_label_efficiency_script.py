@@ -1,0 +1,41 @@
+"""scripts/label_efficiency.py: the splits it fixes, the data config it writes, its options."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "label_efficiency.py"
+spec = importlib.util.spec_from_file_location("label_efficiency_script", SCRIPT)
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+
+
+def test_test_validation_and_labelled_pool_are_disjoint_and_cover_the_labelled_set():
+    splits = [set(script.TEST), set(script.VAL), set(script.LABELLED_POOL)]
+    assert sum(map(len, splits)) == 48 == len(set().union(*splits))
+    assert len(script.TEST) == 12 and len(script.LABELLED_POOL) == 32
+
+
+def test_data_config_reads_the_split_manifest_at_4_mm(tmp_path):
+    path = script.data_config(tmp_path / "d.yaml", tmp_path / "m.csv", tmp_path / "cache")
+    init = json.loads(path.read_text())["data"]["init_args"]
+    assert init["manifest"] == str(tmp_path / "m.csv") and init["spacing"] == 4.0 and init["crop_size"] == 32
+    assert init["with_label"] is True and init["cache_dir"] == str(tmp_path / "cache")
+
+
+def test_the_unet_gets_its_channel_list_again_for_evaluation():
+    extra = ["--model.init_args.modalities", '["T1", "T2", "PD", "T2-FLAIR-3D-SPACE"]']
+    assert script.unet_set(["finetune/unet_baseline.yaml", "x.yaml"], extra) == [
+        "--set", 'model.init_args.modalities=["T1", "T2", "PD", "T2-FLAIR-3D-SPACE"]']
+    assert script.unet_set(["finetune/seg_demo.yaml"], []) == []
+
+
+def test_help_and_bad_values(capsys):
+    with pytest.raises(SystemExit) as done:
+        script.main(["--help"])
+    assert done.value.code == 0 and "--ablation-sizes" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:
+        script.main(["--steps", "0"])
+    assert bad.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
