@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablation-sizes", type=int, nargs="*", default=[4],
                         help="Sizes at which the ablations and the frozen random encoder are trained.")
     parser.add_argument("--no-probe", action="store_true", help="Skip the frozen-feature probes.")
+    parser.add_argument("--only", nargs="+", default=None, metavar="MODEL",
+                        choices=["pretrained", "scratch", "unet", "frozen_random", *ABLATIONS],
+                        help="Train and evaluate only these segmenters (e.g. to split a run over processes; a "
+                             "later --reuse run without --only reads every result).")
     parser.add_argument("--quick", action="store_true",
                         help="Every stage once, tiny (a smoke run of about 10 minutes, no figure to read): pool 24, "
                              "40 pretraining and 10 fine-tuning steps, 2 labelled subjects, seed 0.")
@@ -185,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                 models["frozen_random"] = ("BrainFM (frozen random encoder)", seg,
                                            [*seg_stem, "--model.init_args.freeze_encoder", "full"])
             for key, (name, configs, extra) in models.items():
+                if args.only and key not in args.only:
+                    continue
                 stage = f"{tag}_{key}"
                 configs = [*configs, data]
                 checkpoint = run.fit(stage, configs, *fine_tune, "--seed_everything", str(seed), *extra)
@@ -221,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     report = [f"# Label efficiency on the SYNTHETIC demo data at 4 mm (test split: {len(TEST)} subjects)", "",
               f"`{command.strip()}`: pool {args.pool} unlabelled subjects (T1, T2, PD), {args.pretrain_steps} "
               f"pretraining steps, {args.steps} fine-tuning steps per segmenter (BrainFM stem `{args.stem}`), seeds "
-              f"{args.seeds}; wall time {total / 60:.1f} min. Cells: mean ± sample std over seeds of each seed's mean "
+              f"{args.seeds}; wall time {total / 60:.1f} min"
+              + (" (this invocation; trainings and evaluations found under --work were reused)" if args.reuse else "")
+              + ". Cells: mean ± sample std over seeds of each seed's mean "
               "over the test sessions; FLAIR is shown as `" + UNSEEN + "`, never seen in pretraining.", ""]
     for metric, title in (("dice", "Dice"), ("hd95", "HD95 (mm)"), ("lesion_f1", "Lesion-wise F1")):
         report += [f"## {title}", "", le.markdown_table(summary, metric)]
