@@ -90,7 +90,7 @@ class Runner:
         return found[-1]
 
 
-def build_data(pool_subjects: int, work: Path) -> tuple[Path, list[dict[str, str]]]:
+def build_data(pool_subjects: int) -> tuple[Path, list[dict[str, str]]]:
     """The pretraining pool and the labelled set (built on first use); returns the pool's root and labelled rows."""
     from brainfm_lightning.data.demo import ensure_demo_dataset
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     work = args.work.resolve()
     run = Runner(work, args.reuse)
-    pool_root, labelled_rows = build_data(args.pool, work)
+    pool_root, labelled_rows = build_data(args.pool)
     cache = REPO / "data/demo_4mm-prepared"
     net = ["compare/brainfm_32.yaml"]
     pool_data = ["--data.class_path", "data_modules.DemoDataModule", "--data.init_args.root", str(pool_root),
