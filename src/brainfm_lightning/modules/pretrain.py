@@ -107,9 +107,9 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         if batch is None:  # every session was bad input; Lightning's loop skips such batches before this
             return self.skipped_step_loss()
         generator = self._training_mask_generator(batch_idx, batch["images"].device)
-        if self.hparams.shuffle_modality_names:
-            batch = dict(batch) | {"modalities": shuffled_names(batch["modalities"], torch.Generator().manual_seed(
-                int(torch.randint(2**62, (1,), generator=generator, device=generator.device))))}
+        if self.hparams.shuffle_modality_names:  # a generator of its own: the masks stay those of a plain run
+            names_generator = torch.Generator().manual_seed((generator.initial_seed() + 1) % 2**63)
+            batch = dict(batch) | {"modalities": shuffled_names(batch["modalities"], names_generator)}
         terms = self.compute_losses(self(batch, generator=generator))
         if not torch.isfinite(terms["loss"]):
             message = (f"non-finite loss {terms['loss'].item()} at global step {self.global_step} "
