@@ -48,6 +48,8 @@ POOL_MODALITIES = ("T1", "T2", "PD")
 TEST = [f"sub-{k:03d}" for k in range(37, 49)]
 VAL = [f"sub-{k:03d}" for k in range(33, 37)]
 LABELLED_POOL = [f"sub-{k:03d}" for k in range(1, 33)]
+UNET_CHANNELS = json.dumps(["T1", "T2", "PD", UNSEEN])  # the U-Net's fixed input channels, FLAIR under its new name
+UNET_EVALUATE = ["--set", f"model.init_args.modalities={UNET_CHANNELS}"]  # brainfm evaluate rebuilds it from configs
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 ABLATIONS = {  # name -> (table name, pretraining overrides)
     "no_cln": ("BrainFM (no CLN)", ["--model.init_args.net.init_args.conditioning", "none"]),
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
     seg = ["finetune/seg_demo.yaml", *net]
     unet = ["finetune/unet_baseline.yaml", "compare/unet_32.yaml"]
-    unet_channels = ["--model.init_args.modalities", json.dumps(["T1", "T2", "PD", UNSEEN])]
+    unet_channels = ["--model.init_args.modalities", UNET_CHANNELS]
     seg_stem = ["--model.init_args.head.init_args.stem", args.stem]
     records: list[dict[str, object]] = []
     for seed in args.seeds:
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not (args.reuse and (out / "robustness_cases.csv").is_file()):
                     run(f"{stage}_evaluate", ["evaluate", "robustness", *config_args(configs), "--ckpt_path",
                                               str(checkpoint), "--out", str(out), "--max-missing", "1",
-                                              *unet_set(configs, extra)])
+                                              *(UNET_EVALUATE if key == "unet" else [])])
                 grouped = le.condition_cases(csv.DictReader((out / "robustness_cases.csv").open()))
                 records += [{"model": name, "n_labelled": size, "seed": seed, "condition": condition, "cases": cases}
                             for condition, cases in grouped.items()]
@@ -288,13 +290,6 @@ def frozen_feature_probes(configs: Sequence[Path], checkpoint: Path, seeds: Sequ
                              "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
                              "n_encoders": len(values)})
     return rows
-
-
-def unet_set(configs: Sequence[str | Path], extra: Sequence[str]) -> list[str]:
-    """The U-Net's channel list again for ``brainfm evaluate``, which rebuilds the model from the configs."""
-    if "finetune/unet_baseline.yaml" not in configs:
-        return []
-    return ["--set", f"model.init_args.modalities={extra[extra.index('--model.init_args.modalities') + 1]}"]
 
 
 if __name__ == "__main__":

@@ -25,11 +25,9 @@ def test_data_config_reads_the_split_manifest_at_4_mm(tmp_path):
     assert init["with_label"] is True and init["cache_dir"] == str(tmp_path / "cache")
 
 
-def test_the_unet_gets_its_channel_list_again_for_evaluation():
-    extra = ["--model.init_args.modalities", '["T1", "T2", "PD", "T2-FLAIR-3D-SPACE"]']
-    assert script.unet_set(["finetune/unet_baseline.yaml", "x.yaml"], extra) == [
-        "--set", 'model.init_args.modalities=["T1", "T2", "PD", "T2-FLAIR-3D-SPACE"]']
-    assert script.unet_set(["finetune/seg_demo.yaml"], []) == []
+def test_the_unet_gets_the_same_channel_list_for_training_and_evaluation():
+    assert json.loads(script.UNET_CHANNELS) == ["T1", "T2", "PD", "T2-FLAIR-3D-SPACE"]
+    assert script.UNET_EVALUATE == ["--set", f"model.init_args.modalities={script.UNET_CHANNELS}"]
 
 
 def test_help_and_bad_values(capsys):

@@ -75,9 +75,7 @@ def test_mean_stem_feeds_the_mean_of_present_sequences():
     images = torch.arange(2 * 3 * 2 * 2 * 2, dtype=torch.float64).reshape(2, 3, 2, 2, 2)
     present = torch.tensor([[True, False, True], [False, True, False]])
     mean = mean_over_present(images.masked_fill(~present[..., None, None, None], float("nan")), present)
-    numpy_images = images.numpy()
-    expected = torch.from_numpy(numpy_images[[0, 1], :][[0], [0, 2]].mean(0))
-    torch.testing.assert_close(mean[0, 0], expected)
+    torch.testing.assert_close(mean[0, 0], (images[0, 0] + images[0, 2]) / 2)
     torch.testing.assert_close(mean[1, 0], images[1, 1])
 
 

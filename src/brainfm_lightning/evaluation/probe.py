@@ -16,7 +16,7 @@ EmbedFn = Callable[[Sequence[Sequence[str]], torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def pooled_features(net: ModalityMAE, embed: EmbedFn, batches: Iterable[Mapping[str, Any] | None],
                     columns: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Mean of each session's encoder tokens (no masking, padded slots left out) and its manifest ``columns``.
+    """Each session's :meth:`ModalityMAE.encode_pooled` embedding and its manifest ``columns``.
 
     Returns:
         ``features`` float64 ``[S, D]`` and ``column -> float64 [S]``.
@@ -30,9 +30,8 @@ def pooled_features(net: ModalityMAE, embed: EmbedFn, batches: Iterable[Mapping[
         if batch is None:
             continue
         images = batch["images"]
-        tokens, valid = net.encode(images, embed(batch["modalities"], images), batch["present"])
-        weights = valid.to(tokens.dtype)[..., None]
-        features.append(((tokens * weights).sum(1) / weights.sum(1)).double().cpu().numpy())
+        pooled = net.encode_pooled(images, embed(batch["modalities"], images), batch["present"])
+        features.append(pooled.double().cpu().numpy())
         for session, row in zip(batch["session_ids"], batch["targets"], strict=True):
             for column in columns:
                 try:

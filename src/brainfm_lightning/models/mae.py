@@ -337,3 +337,11 @@ class ModalityMAE(nn.Module, MAEHubMixin):
         every = torch.arange(valid.shape[1], device=valid.device)[None].expand(valid.shape[0], -1)
         tokens = self._tokens(patches, patch_row, slot, modality_embeddings, every, valid)
         return self.encoder(tokens, valid, modality_embeddings, slot), valid
+
+    def encode_pooled(
+        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
+    ) -> torch.Tensor:
+        """One embedding per session: the mean of :meth:`encode`'s valid tokens, ``[B, D]``."""
+        tokens, valid = self.encode(images, modality_embeddings, present)
+        weights = valid.to(tokens.dtype)[..., None]
+        return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)

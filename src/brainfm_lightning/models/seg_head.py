@@ -132,11 +132,11 @@ class UNETRDecoder(nn.Module):
         self.stem = (UnetrBasicBlock(in_channels=in_channels, out_channels=feature_size, stride=1, **blocks)
                      if in_channels else None)
         # skips[s - 1] serves resolution 1/2^s with feature_size * 2^s channels (s = 0 too, without a stem)
-        self.first_skip = 1 if self.stem is not None else 0
+        first_skip = 1 if self.stem is not None else 0
         self.skips = nn.ModuleList(
             UnetrPrUpBlock(in_channels=embed_dim, out_channels=feature_size * 2**s, num_layer=self.levels - s - 1,
                            stride=1, upsample_kernel_size=2, conv_block=True, **blocks)
-            for s in range(self.first_skip, self.levels)
+            for s in range(first_skip, self.levels)
         )
         # ups[s] goes from resolution 1/2^(s+1) to 1/2^s
         self.ups = nn.ModuleList(

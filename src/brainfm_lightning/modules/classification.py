@@ -129,10 +129,7 @@ class ClassificationModule(TransferModule):
 
     def forward(self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Head outputs ``[B, 1]`` (binary logit, regression value) or ``[B, num_classes]`` (logits)."""
-        tokens, valid = self.net.encode(images, modality_embeddings, present)
-        weights = valid.to(tokens.dtype)[..., None]
-        pooled = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # [B, D], mean over valid tokens
-        return self.head(pooled)
+        return self.head(self.net.encode_pooled(images, modality_embeddings, present))
 
     def _outputs(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(loss, scores, targets)``: scores are probabilities (classification) or values (regression)."""

@@ -165,9 +165,7 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         """Session embeddings: the encoder's tokens (no masking) averaged over valid positions."""
         images = batch["images"]
-        tokens, valid = self.net.encode(images, self.modality_embeddings(batch["modalities"], images), batch["present"])
-        weights = valid.to(tokens.dtype)[..., None]
-        pooled = (tokens * weights).sum(1) / weights.sum(1)
+        pooled = self.net.encode_pooled(images, self.modality_embeddings(batch["modalities"], images), batch["present"])
         return {"session_ids": batch["session_ids"], "modalities": batch["modalities"], "embedding": pooled}
 
     def configure_model(self) -> None:
