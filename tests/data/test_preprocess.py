@@ -33,10 +33,10 @@ def test_augmentation_is_reproducible_varies_and_keeps_torch_rng():
     torch.manual_seed(123)
     expected_next = torch.rand(1)
     torch.manual_seed(123)
-    first, _ = preprocessor(volumes, rng=np.random.default_rng([0, 0, 5]))
+    first, _, _ = preprocessor(volumes, rng=np.random.default_rng([0, 0, 5]))
     assert torch.equal(torch.rand(1), expected_next)  # global RNG untouched
-    again, _ = preprocessor(volumes, rng=np.random.default_rng([0, 0, 5]))
-    other, _ = preprocessor(volumes, rng=np.random.default_rng([0, 1, 5]))
+    again, _, _ = preprocessor(volumes, rng=np.random.default_rng([0, 0, 5]))
+    other, _, _ = preprocessor(volumes, rng=np.random.default_rng([0, 1, 5]))
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert first.shape == (2, 24, 24, 24) and torch.isfinite(first).all()
 
@@ -46,7 +46,45 @@ def test_label_follows_the_spatial_transforms(augment):
     label = (head_volume() > 0).astype(np.uint8)[None]  # [1, X, Y, Z]
     preprocessor = SessionPreprocessor(24, random_crop=True, augment=augment)
     # the image is the mask itself: linear interpolation and bias/gamma/noise keep it near 0 and 1
-    images, mask = preprocessor.crop_and_flip(label.astype(np.float32), label, np.zeros(1), np.random.default_rng(3))
+    images, mask, _ = preprocessor.crop_and_flip(label.astype(np.float32), label, np.zeros(1), np.random.default_rng(3))
     assert set(mask.unique().tolist()) <= {0, 1}
     agreement = ((images[0] > 0.5) == mask[0].bool()).float().mean()
     assert agreement > 0.97
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_each_crop_says_where_its_centre_lies_from_the_head_centre(flip):
+    """``head_offset``: the crop's centre minus the head box's centre in voxels; a mirrored crop, mirrored along x."""
+    box = np.arange(40 * 30 * 20, dtype=np.float32).reshape(1, 40, 30, 20)  # a head box; every voxel unique
+    preprocessor = SessionPreprocessor((16, 16, 24), random_crop=True, flip_probability=flip)
+    for seed in range(5):
+        crop, _, offset = preprocessor.crop_and_flip(box, None, np.full(1, -1.0), np.random.default_rng(seed))
+        corner = int((crop[0].flip(0) if flip else crop[0])[0, 0, 2])  # z: 20 padded evenly to 24, box z = 0
+        start_x, start_y = corner // 600, corner // 20 % 30
+        expected = np.array([start_x + 8 - 20, start_y + 8 - 15, -2 + 12 - 10], dtype=np.float32)
+        if flip:
+            expected[0] = -expected[0]
+        np.testing.assert_array_equal(offset, expected)
+    centred = SessionPreprocessor((16, 16, 24)).crop_and_flip(box, None, np.full(1, -1.0), np.random.default_rng(0))
+    np.testing.assert_array_equal(centred[2], np.zeros(3))
+
+
+def test_samples_and_batches_carry_the_head_offset(tmp_path):
+    import nibabel as nib
+
+    from brainfm_lightning.data import Scan, Session, SessionDataset, pad_collate
+
+    volume = head_volume()
+    paths = {}
+    for name in ("T1", "T2"):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), paths[name])
+    session = Session("sub-1", "ses-1", [Scan(n, p) for n, p in paths.items()])
+    crops = SessionDataset([session, session], SessionPreprocessor(16, random_crop=True), seed=3)
+    samples = [crops[(0, 0)], crops[(0, 1)]]
+    assert all(s["head_offset"].shape == (3,) and s["head_offset"].dtype == torch.float32 for s in samples)
+    assert samples[0]["head_offset"].abs().max() > 0  # a random crop of a 24 x 32 x 24 head is rarely centred
+    batch = pad_collate(samples)
+    assert torch.equal(batch["head_offset"], torch.stack([s["head_offset"] for s in samples]))
+    whole = SessionDataset([session], SessionPreprocessor(16), whole_volume=True)[0]
+    assert torch.equal(whole["head_offset"], torch.zeros(3))  # the head box padded evenly: centred on the head

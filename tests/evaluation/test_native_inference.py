@@ -150,10 +150,43 @@ def test_sliding_windows_equal_one_full_pass_of_a_translation_equivariant_networ
     images = torch.randn(1, 3, 37, 29, 41)
     with torch.no_grad():
         full = network(images)
-        stitched = sliding_window_logits(images, network, (16, 16, 16), sw_batch_size=3, overlap=0.5)
+        stitched = sliding_window_logits(images, lambda x, _: network(x), (16, 16, 16), sw_batch_size=3, overlap=0.5)
     torch.testing.assert_close(stitched, full, rtol=1e-5, atol=1e-5)
-    mirrored = flip_averaged_probabilities(network, images, flip_axes=(0, 2))  # equivariant to flips as well
+    mirrored = flip_averaged_probabilities(lambda x, _: network(x), images, flip_axes=(0, 2))  # equivariant to flips
     torch.testing.assert_close(mirrored, full.softmax(1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(37, 29, 41), (16, 20, 12)])
+def test_each_window_is_told_where_its_centre_lies_from_the_volume_centre(shape):
+    """A window's place is the window's centre minus the volume's centre: predicted here as a constant map."""
+    images = torch.zeros(1, 1, *shape)
+
+    def place(windows: torch.Tensor, places: torch.Tensor) -> torch.Tensor:
+        return places[:, :, None, None, None].expand(-1, -1, *windows.shape[2:]).clone()
+
+    # blended constants: voxel (x, y, z) sees a weighted mean of the places of the windows covering it
+    blended = sliding_window_logits(images, place, (16, 16, 16), sw_batch_size=2, overlap=0.5)
+    padded = [max(n, 16) for n in shape]
+    for axis, n in enumerate(padded):
+        first = [0, 0, 0]
+        last = [s - 1 for s in shape]
+        low = float(blended[(0, axis, *first)])
+        high = float(blended[(0, axis, *last)])
+        assert low == pytest.approx(8 - n / 2, abs=1e-4) or n == 16  # only the first window covers voxel 0
+        assert high == pytest.approx(n / 2 - 8, abs=1e-4) or n == 16  # only the last covers the last voxel
+        if n == 16:  # one window along this axis: the padded volume's centre is the window's
+            assert low == pytest.approx(0.0, abs=1e-5) and high == pytest.approx(0.0, abs=1e-5)
+
+
+def test_mirrored_passes_see_their_head_offset_negated_along_the_mirrored_axis():
+    seen = []
+
+    def logits_of(volume: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+        seen.append(offset.clone())
+        return torch.zeros(1, 2, *volume.shape[2:])
+
+    flip_averaged_probabilities(logits_of, torch.zeros(1, 1, 4, 4, 4), (0, 2), torch.tensor([[1.0, 2.0, 3.0]]))
+    assert [s.tolist() for s in seen] == [[[1.0, 2.0, 3.0]], [[-1.0, 2.0, 3.0]], [[1.0, 2.0, -3.0]]]
 
 
 @pytest.mark.parametrize(("sessions", "ranks"), [(7, 2), (6, 3), (2, 2), (1, 2)])

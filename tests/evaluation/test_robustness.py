@@ -20,7 +20,7 @@ class FlairOnlySegmenter:
         rows = [[[float(name == n) for n in NAMES] for name in row] for row in modalities]
         return torch.tensor(rows, dtype=like.dtype)  # [B, M, 3] one-hot names, zeros for padding
 
-    def predict_logits(self, images, modality_embeddings, present):
+    def predict_logits(self, images, modality_embeddings, present, head_offset=None):
         has_flair = (modality_embeddings[..., NAMES.index("FLAIR")] * present).sum(1) > 0  # [B]
         found = self.lesion * has_flair[:, None, None, None, None]
         return torch.cat([1.0 - found, found], dim=1)

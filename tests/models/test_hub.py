@@ -15,9 +15,9 @@ from brainfm_lightning.models import ModalityMAE
 from brainfm_lightning.models.seg_head import ModalityUNETR
 
 
-def tiny_mae(seed: int = 0) -> ModalityMAE:
+def tiny_mae(seed: int = 0, positions: str = "head") -> ModalityMAE:
     torch.manual_seed(seed)
-    net = ModalityMAE.from_preset("test")
+    net = ModalityMAE.from_preset("test", positions=positions)
     rows = np.random.default_rng(seed).standard_normal((2, 384)).astype(np.float32)
     net.modality_table = ModalityTable(["T1", "FLAIR"], rows, "test-encoder", ["T1-weighted", "FLAIR"])
     return net
@@ -46,8 +46,8 @@ def test_round_trip_writes_every_constructor_argument_and_loads_without_torch_lo
     assert config == {"img_size": [32, 32, 32], "patch_size": [16, 16, 16], "modality_dim": 384, "embed_dim": 48,
                       "depth": 2, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2,
                       "mlp_ratio": 4.0, "mask_ratio": 0.75, "conditioning": "cln", "modality_norm": False,
-                      "modality_init_gain": 1.0, "pad_free": True, "gradient_checkpointing": False,
-                      "preset": "test"}  # preset sizes resolved
+                      "modality_init_gain": 1.0, "positions": "head", "pad_free": True,
+                      "gradient_checkpointing": False, "preset": "test"}  # preset sizes resolved
     card = (tmp_path / "README.md").read_text()
     for fact in ("preset `test`", "32 x 32 x 32", "16 x 16 x 16", "T1, FLAIR", "| Training steps | 7 |",
                  "SYNTHETIC demo", "library_name: brainfm-lightning"):
@@ -80,15 +80,16 @@ def test_segmenter_round_trip_rebuilds_head_and_encoder(tmp_path, monkeypatch):
                            loaded(images, embeddings, torch.ones(1, 1, dtype=torch.bool)))
 
 
-@pytest.mark.parametrize(("key", "value", "named"), [
-    ("embed_dim", 64, "embed_dim: the config says 64, the weights hold 48"),
-    ("depth", 3, "depth: the config says 3, the weights hold 2"),
-    ("modality_dim", 768, "modality_dim: the config says 768, the weights hold 384"),
-    ("img_size", [64, 64, 64], "img_size"),
-    ("embed_dims", 48, "unknown keys ['embed_dims']"),
+@pytest.mark.parametrize(("key", "value", "named", "positions"), [
+    ("embed_dim", 64, "embed_dim: the config says 64, the weights hold 48", "head"),
+    ("depth", 3, "depth: the config says 3, the weights hold 2", "head"),
+    ("modality_dim", 768, "modality_dim: the config says 768, the weights hold 384", "head"),
+    ("img_size", [64, 64, 64], "img_size", "crop"),  # head positions hold no per-cell weights: any crop size loads
+    ("positions", "crop", "pos_embed", "head"),
+    ("embed_dims", 48, "unknown keys ['embed_dims']", "head"),
 ])
-def test_a_tampered_config_fails_naming_the_key(tmp_path, key, value, named):
-    tiny_mae().save_pretrained(tmp_path)
+def test_a_tampered_config_fails_naming_the_key(tmp_path, key, value, named, positions):
+    tiny_mae(positions=positions).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(config | {key: value}))
     with pytest.raises(ValueError, match=named.replace("[", r"\[").replace("]", r"\]")):

@@ -77,9 +77,13 @@ def test_pos_embed_interpolation_is_trilinear_on_the_row_major_grid():
         interpolate_pos_embed(torch.randn(1, 20, 5), old, new)
 
 
-def test_a_larger_fine_tune_crop_gets_interpolated_positional_embeddings(pretrained):
-    path, source = pretrained
-    module = MODULES["segmentation"](pretrained=str(path), net={"img_size": 48})  # 2^3 patch grid -> 3^3
+def test_a_larger_fine_tune_crop_gets_interpolated_positional_embeddings(tmp_path):
+    torch.manual_seed(0)
+    source = ModalityMAE.from_preset("test", positions="crop")  # learnable tables on the crop's 2^3 grid
+    path = tmp_path / "crop_positions.ckpt"
+    torch.save({"net_config": dict(source.config),
+                "state_dict": {f"net.{k}": v for k, v in source.state_dict().items()}}, path)
+    module = MODULES["segmentation"](pretrained=str(path), net={"img_size": 48, "positions": "crop"})  # -> 3^3
     assert module.pretrained_report.interpolated == ["pos_embed", "decoder_pos_embed"]
     expected = interpolate_pos_embed(source.pos_embed.detach(), (2, 2, 2), (3, 3, 3))
     assert torch.equal(module.net.pos_embed.detach(), expected)
@@ -87,6 +91,22 @@ def test_a_larger_fine_tune_crop_gets_interpolated_positional_embeddings(pretrai
     logits = module.eval()(torch.randn(1, 2, 48, 48, 48), module.modality_embeddings([["T1", "T2"]], torch.zeros(1)),
                            torch.ones(1, 2, dtype=torch.bool))
     assert logits.shape == (1, 2, 48, 48, 48) and torch.isfinite(logits).all()
+
+
+def test_head_positions_need_no_interpolation_for_a_larger_crop(pretrained):
+    path, source = pretrained
+    module = MODULES["segmentation"](pretrained=str(path), net={"img_size": 48})  # 2^3 patch grid -> 3^3
+    assert module.pretrained_report.interpolated == []
+    assert torch.equal(module.net.encoder.blocks[1].attn.qkv.weight, source.encoder.blocks[1].attn.qkv.weight)
+
+
+def test_a_crop_positions_checkpoint_does_not_fit_a_head_positions_network(tmp_path):
+    source = ModalityMAE.from_preset("test", positions="crop")
+    path = tmp_path / "crop_positions.ckpt"
+    torch.save({"net_config": dict(source.config),
+                "state_dict": {f"net.{k}": v for k, v in source.state_dict().items()}}, path)
+    with pytest.raises(ValueError, match="unexpected net.pos_embed.*positions"):
+        MODULES["segmentation"](pretrained=str(path))
 
 
 @pytest.mark.parametrize("exported", ["encoder", "segmenter"])

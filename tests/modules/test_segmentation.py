@@ -83,7 +83,7 @@ def test_gradients_reach_every_trainable_parameter_and_no_frozen_one(pretrained,
     assert all(p.grad is None for p in module.parameters() if not p.requires_grad)
     encoder = [n for n in trainable if n.startswith("segmenter.net.")]
     assert not any(n.startswith("segmenter.net.decoder") for n in encoder)  # the MAE's reconstruction decoder
-    expected = {"none": 31, "partial": 14, "full": 0}[freeze]  # test preset: embeddings 5, 2 blocks x 12, norm 2
+    expected = {"none": 30, "partial": 14, "full": 0}[freeze]  # test preset: embeddings 4, 2 blocks x 12, norm 2
     assert len(encoder) == expected
 
 

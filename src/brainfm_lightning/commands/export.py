@@ -67,16 +67,17 @@ def net_config(checkpoint: Mapping[str, Any], path: str | Path) -> dict[str, Any
 
     Returns:
         Its ``net_config`` entry, else the ``net`` hyperparameter that ``brainfm fit`` (LightningCLI) saved as
-        ``class_path``/``init_args``.
+        ``class_path``/``init_args``; ``positions: crop`` where it does not say (older checkpoints).
 
     Raises:
         ValueError: Neither is there (the message names ``path``).
     """
+    before_positions = {"positions": "crop"}  # checkpoints written before ``positions`` existed used the crop's grid
     if isinstance(checkpoint.get("net_config"), Mapping):
-        return dict(checkpoint["net_config"])
+        return before_positions | dict(checkpoint["net_config"])
     net = (checkpoint.get("hyper_parameters") or {}).get("net")
     if isinstance(net, Mapping) and str(net.get("class_path", "")).endswith("ModalityMAE"):
-        return dict(net.get("init_args") or {})
+        return before_positions | dict(net.get("init_args") or {})
     raise ValueError(f"{path} holds no network config (no 'net_config' entry and no 'net' hyperparameter with a "
                      "ModalityMAE class_path); export reads checkpoints written by brainfm fit")
 

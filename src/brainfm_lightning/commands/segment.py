@@ -161,10 +161,11 @@ def segment_case(
     embeddings = modality_embeddings(network, names, text_encoder).to(device)
     present = torch.ones(1, len(names), dtype=torch.bool, device=device)
 
-    def logits_of(volume: torch.Tensor) -> torch.Tensor:
-        def predictor(window: torch.Tensor) -> torch.Tensor:
+    def logits_of(volume: torch.Tensor, _: torch.Tensor | None) -> torch.Tensor:
+        # the whole volume is the head's bounding box padded evenly: a window's place in it is its head offset
+        def predictor(window: torch.Tensor, places: torch.Tensor) -> torch.Tensor:
             n = window.shape[0]
-            return network(window, embeddings.expand(n, -1, -1), present.expand(n, -1))
+            return network(window, embeddings.expand(n, -1, -1), present.expand(n, -1), places)
 
         return sliding_window_logits(volume, predictor, network.net.img_size, sw_batch_size, sw_overlap, "cpu")
 

@@ -121,8 +121,8 @@ class SessionDataset(Dataset):
                 grid.numpy(), grid_label.numpy() if grid_label is not None else None, affine)
             return self._sample(session, images, list(volumes), label_tensor, (epoch, index), affine)
         rng = np.random.default_rng([self.seed, epoch, index])
-        images, label_tensor = self.preprocessor(volumes, label=label, rng=rng)
-        return self._sample(session, images, list(volumes), label_tensor, (epoch, index))
+        images, label_tensor, offset = self.preprocessor(volumes, label=label, rng=rng)
+        return self._sample(session, images, list(volumes), label_tensor, (epoch, index), head_offset=offset)
 
     def _from_cache(self, session: Session, prepared: PreparedSession, epoch: int, index: int) -> dict[str, Any] | None:
         for problem in prepared.problems:  # recorded by prepare under "skip"; applied as when loading them
@@ -149,12 +149,13 @@ class SessionDataset(Dataset):
                                                                          prepared.background)
             return self._sample(session, images, modalities, label_tensor, (epoch, index), affine)
         rng = np.random.default_rng([self.seed, epoch, index])
-        images, label_tensor = self.preprocessor.crop_and_flip(prepared.images, label, prepared.background, rng)
-        return self._sample(session, images, modalities, label_tensor, (epoch, index))
+        images, label_tensor, offset = self.preprocessor.crop_and_flip(prepared.images, label, prepared.background,
+                                                                       rng)
+        return self._sample(session, images, modalities, label_tensor, (epoch, index), head_offset=offset)
 
     def _sample(
         self, session: Session, images: torch.Tensor, modalities: list[str], label: torch.Tensor | None,
-        key: tuple[int, int], affine: np.ndarray | None = None,
+        key: tuple[int, int], affine: np.ndarray | None = None, head_offset: np.ndarray | None = None,
     ) -> dict[str, Any]:
         if not np.isfinite(images.numpy()).all():  # the last line of defence: nothing non-finite reaches the model
             raise ScanError(session.scans[0].path, f"preprocessing of {session.session_id} produced non-finite values")
@@ -165,6 +166,9 @@ class SessionDataset(Dataset):
             "targets": dict(session.targets),
             "skipped_scans": len(session.scans) - len(modalities),
             "sample_key": key,  # (epoch, index): seeds what is drawn for this sample later (AugmentingCollate)
+            # where the crop's centre lies from the head's (ModalityMAE positions: head); a whole volume is the
+            # head's bounding box padded evenly, centred on it to half a voxel
+            "head_offset": torch.as_tensor(np.zeros(3) if head_offset is None else head_offset, dtype=torch.float32),
         }
         if label is not None:
             sample["label"] = label
@@ -181,8 +185,9 @@ def pad_collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | No
     Returns:
         ``images`` float ``[B, M, D, H, W]`` (padded slots are zero), ``present`` bool ``[B, M]``,
         ``modalities`` list of ``B`` lists of ``M`` names (``""`` for padding), ``session_ids``, ``targets``,
-        ``label`` ``[B, 1, D, H, W]`` when the samples have one, ``skipped_scans`` (int: bad scans left out of
-        the kept sessions) and ``skipped_sessions`` (int: sessions dropped as ``None``); ``None`` if every
+        ``head_offset`` float ``[B, 3]`` (each crop's centre minus its head's centre, in voxels; zero for samples
+        without one), ``label`` ``[B, 1, D, H, W]`` when the samples have one, ``skipped_scans`` (int: bad scans
+        left out of the kept sessions) and ``skipped_sessions`` (int: sessions dropped as ``None``); ``None`` if every
         sample was dropped. Whole-volume samples add ``affines`` (list of 4x4 float64 arrays), ``references`` and
         ``label_paths`` (lists of str or ``None``); they must share one shape (batch size 1 for whole volumes of
         different sizes).
@@ -211,6 +216,7 @@ def pad_collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | No
         "modalities": [s["modalities"] + [""] * (most - len(s["modalities"])) for s in kept],
         "session_ids": [s["session_id"] for s in kept],
         "targets": [s["targets"] for s in kept],
+        "head_offset": torch.stack([s.get("head_offset", torch.zeros(3)) for s in kept]).float(),
         "skipped_scans": sum(s.get("skipped_scans", 0) for s in kept),
         "skipped_sessions": len(samples) - len(kept),
     }

@@ -101,7 +101,7 @@ class SessionPreprocessor:
         volumes: dict[str, tuple[np.ndarray, np.ndarray]],
         label: tuple[np.ndarray, np.ndarray] | None = None,
         rng: np.random.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
         """Preprocess one session.
 
         Args:
@@ -110,8 +110,8 @@ class SessionPreprocessor:
             rng: Random generator for the crop offset and flip.
 
         Returns:
-            ``images`` float32 ``[M, *crop_size]`` in the order of ``volumes`` and ``label`` uint8
-            ``[1, *crop_size]`` (or ``None``).
+            ``images`` float32 ``[M, *crop_size]`` in the order of ``volumes``, ``label`` uint8 ``[1, *crop_size]``
+            (or ``None``) and the crop's ``head_offset`` (:meth:`crop_and_flip`).
         """
         rng = rng if rng is not None else np.random.default_rng()
         stacked, label_tensor, _ = self.to_grid(volumes, label)
@@ -162,7 +162,7 @@ class SessionPreprocessor:
 
     def crop_and_flip(
         self, images: np.ndarray, label: np.ndarray | None, background: np.ndarray, rng: np.random.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
         """The random steps: pad to at least ``crop_size``, crop, optional left-right flip.
 
         Only the crop window is read from ``images``, so a memory-mapped array (the prepared cache) is not decoded
@@ -175,17 +175,23 @@ class SessionPreprocessor:
             rng: Draws the crop offset (when ``random_crop``) and then the flip.
 
         Returns:
-            ``images`` float32 ``[M, *crop_size]`` and ``label`` uint8 ``[1, *crop_size]`` (or ``None``), contiguous.
+            ``images`` float32 ``[M, *crop_size]`` and ``label`` uint8 ``[1, *crop_size]`` (or ``None``), contiguous,
+            and ``head_offset`` float32 ``[3]``: the crop's centre minus the head's centre (the centre of
+            ``images``, the head's bounding box), in voxels, as the crop shows it (negated along the left-right
+            axis when flipped: a mirrored head is a head whose crop lies on the other side).
         """
         start = crop_start(images.shape[1:], self.crop_size, self.random_crop, rng)
         is_flipped = bool(self.flip_probability) and rng.random() < self.flip_probability
+        offset = window_offset(images.shape[1:], start, self.crop_size)
+        if is_flipped:
+            offset[0] = -offset[0]
         cropped = take_window(images, start, self.crop_size, background, torch.float32, is_flipped)
         label_window = None
         if label is not None:
             label_window = take_window(label, start, self.crop_size, 0, torch.uint8, is_flipped)
         if self.augmentation is not None:
             cropped, label_window = self._augment(cropped, label_window, rng)
-        return cropped, label_window
+        return cropped, label_window, offset
 
     def pad_to_crop(
         self, images: np.ndarray, label: np.ndarray | None, affine: np.ndarray, background: np.ndarray | None = None
@@ -258,6 +264,11 @@ def crop_start(
         offset = int(rng.integers(0, room + 1)) if random_crop else room // 2
         starts.append(offset - before)
     return tuple(starts)
+
+
+def window_offset(shape: Sequence[int], start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """The centre of the window ``[start, start + size)`` minus the centre of a volume of ``shape``, float32 voxels."""
+    return np.array([b + c / 2 - n / 2 for n, b, c in zip(shape, start, size, strict=True)], dtype=np.float32)
 
 
 def take_window(

@@ -30,7 +30,8 @@ def pooled_features(net: ModalityMAE, embed: EmbedFn, batches: Iterable[Mapping[
         if batch is None:
             continue
         images = batch["images"]
-        pooled = net.encode_pooled(images, embed(batch["modalities"], images), batch["present"])
+        pooled = net.encode_pooled(images, embed(batch["modalities"], images), batch["present"],
+                                   batch.get("head_offset"))
         features.append(pooled.double().cpu().numpy())
         for session, row in zip(batch["session_ids"], batch["targets"], strict=True):
             for column in columns:

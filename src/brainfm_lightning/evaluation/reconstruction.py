@@ -75,8 +75,9 @@ def masked_patch_errors(
         embeddings = embed(batch["modalities"], images)
         rotated = embed(rotate_names(batch["modalities"]), images)
         for seed in seeds:
-            out = net(images, embeddings, present, generator=torch.Generator().manual_seed(seed))
-            again = net(images, rotated, present, generator=torch.Generator().manual_seed(seed))
+            offset = batch.get("head_offset")
+            out = net(images, embeddings, present, generator=torch.Generator().manual_seed(seed), head_offset=offset)
+            again = net(images, rotated, present, generator=torch.Generator().manual_seed(seed), head_offset=offset)
             rows, tokens = (out.valid & ~out.keep).nonzero(as_tuple=True)  # the order of pred_masked
             target = out.target_masked.double()
             guess = torch.stack([

@@ -77,7 +77,8 @@ def evaluate_modality_subsets(
             for subset in modality_subsets(slots, max_missing):
                 kept = torch.zeros_like(present[i : i + 1])
                 kept[0, list(subset)] = True
-                logits = module.predict_logits(images[i : i + 1], embeddings[i : i + 1], kept)
+                offset = batch["head_offset"][i : i + 1] if "head_offset" in batch else None
+                logits = module.predict_logits(images[i : i + 1], embeddings[i : i + 1], kept, offset)
                 prediction = logits.argmax(1, keepdim=True)
                 lesions: dict[str, float] = {}
                 if batch.get("label_paths") is not None:

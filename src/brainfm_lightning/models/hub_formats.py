@@ -33,7 +33,7 @@ class MAEHubMixin(HubMixin):
     @classmethod
     def from_hub_config(cls: type[T], config: Mapping[str, Any]) -> T:
         check_config_keys(config, cls)
-        return cls(**config)
+        return cls(**({"positions": "crop"} | dict(config)))  # exports before ``positions`` used the crop's grid
 
     def config_mismatches(self, state: Mapping[str, torch.Tensor], prefix: str = "") -> list[str]:
         """Compare the sizes the weights imply (widths, block counts, tokens and voxels per patch) with the config.

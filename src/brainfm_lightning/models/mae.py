@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from brainfm_lightning.masking import padding_aware_mask, visible_index
 from brainfm_lightning.models.hub_formats import MAEHubMixin
 from brainfm_lightning.models.patch_embed import PatchEmbed3d, patch_view, patchify
-from brainfm_lightning.models.pos_embed import sincos_3d
+from brainfm_lightning.models.pos_embed import sincos_3d, sincos_positions
 from brainfm_lightning.models.presets import preset_config
 from brainfm_lightning.models.transformer import ConditionedTransformer
 from brainfm_lightning.sizes import to_3tuple
@@ -92,6 +92,15 @@ class ModalityMAE(nn.Module, MAEHubMixin):
             encoder's scale (MiniLM gives unit vectors, BioBERT's CLS vectors are ~10x longer). Off by default: on
             the demo the standardised (~20x larger) condition made the CLN maps' Adam steps ~20x larger and
             pretraining worse (masked-patch error 0.87 against 0.73 after 600 steps, docs/label_efficiency.md).
+        positions: Where a token's position is measured. ``head`` (the default): from the centre of the head, in
+            patches, so a token at one place in the head has one position whichever crop it came from; the
+            positional embedding is the fixed sin-cos of that continuous coordinate (fb/mae's fixed embedding),
+            and the crop's place comes with each batch (``head_offset``, :meth:`forward`). ``crop``: the token's
+            grid cell inside the crop, a learnable table initialised with sin-cos (the layout of checkpoints made
+            before ``positions`` existed). With random training crops the crop grid does not say where in the
+            head a token lies: on the 4 mm demo pool a ``crop`` network reconstructed masked patches worse than
+            the average-brain template (0.49 against 0.20), one pretrained on centred crops beat it
+            (docs/label_efficiency.md).
         modality_init_gain: Gain of the Xavier initialisation of the two projections that add the modality
             embedding to the tokens (encoder and decoder). With unit-norm MiniLM vectors a gain of 1 adds about
             0.06 per channel to tokens of scale 1 (positional embedding about 0.7), so the network starts nearly
@@ -119,6 +128,7 @@ class ModalityMAE(nn.Module, MAEHubMixin):
         conditioning: Literal["cln", "none"] = "cln",
         modality_norm: bool = False,
         modality_init_gain: float = 1.0,
+        positions: Literal["head", "crop"] = "head",
         pad_free: bool = True,
         gradient_checkpointing: bool = False,
         preset: str = "base",
@@ -138,10 +148,12 @@ class ModalityMAE(nn.Module, MAEHubMixin):
             raise ValueError(f"modality_init_gain must be > 0, got {modality_init_gain}")
         if conditioning not in ("cln", "none"):
             raise ValueError(f"conditioning must be 'cln' or 'none', got {conditioning!r}")
+        if positions not in ("head", "crop"):
+            raise ValueError(f"positions must be 'head' or 'crop', got {positions!r}")
         self.mask_ratio = mask_ratio
         self.config = cfg | dict(mlp_ratio=mlp_ratio, mask_ratio=mask_ratio, conditioning=conditioning,
                                  modality_norm=modality_norm, modality_init_gain=modality_init_gain,
-                                 pad_free=pad_free,
+                                 positions=positions, pad_free=pad_free,
                                  gradient_checkpointing=gradient_checkpointing, preset=preset)
         self.grid = tuple(i // p for i, p in zip(self.img_size, self.patch_size, strict=True))
         self.tokens_per_modality = self.grid[0] * self.grid[1] * self.grid[2]
@@ -151,7 +163,12 @@ class ModalityMAE(nn.Module, MAEHubMixin):
 
         self.patch_embed = PatchEmbed3d(self.patch_size, dim)
         self.modality_proj = nn.Linear(self.modality_dim, dim)
-        self.pos_embed = nn.Parameter(sincos_3d(self.grid, dim)[None])  # [1, L, D], shared by all modalities
+        # the centre of every grid cell, in patches from the crop's centre: [L, 3], row-major (d, h, w)
+        cells = torch.meshgrid(*(torch.arange(g, dtype=torch.float32) - (g - 1) / 2 for g in self.grid), indexing="ij")
+        self.register_buffer("cell_centres", torch.stack([c.reshape(-1) for c in cells], dim=-1), persistent=False)
+        if positions == "crop":  # learnable [1, L, D] tables, shared by all modalities
+            self.pos_embed = nn.Parameter(sincos_3d(self.grid, dim)[None])
+            self.decoder_pos_embed = nn.Parameter(sincos_3d(self.grid, dec_dim)[None])
         conditioned = conditioning == "cln"
         self.encoder = ConditionedTransformer(dim, cfg["depth"], cfg["num_heads"], self.modality_dim, mlp_ratio,
                                               pad_free, conditioned)
@@ -159,7 +176,6 @@ class ModalityMAE(nn.Module, MAEHubMixin):
         self.decoder_embed = nn.Linear(dim, dec_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
         self.decoder_modality_proj = nn.Linear(self.modality_dim, dec_dim)
-        self.decoder_pos_embed = nn.Parameter(sincos_3d(self.grid, dec_dim)[None])
         self.decoder = ConditionedTransformer(dec_dim, cfg["decoder_depth"], cfg["decoder_num_heads"],
                                               self.modality_dim, mlp_ratio, pad_free, conditioned)
         self.encoder.gradient_checkpointing = self.decoder.gradient_checkpointing = gradient_checkpointing
@@ -185,7 +201,8 @@ class ModalityMAE(nn.Module, MAEHubMixin):
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         if "net_config" not in checkpoint:
             raise ValueError(f"{path}: not a BrainFM pretraining checkpoint (no 'net_config' entry)")
-        config = {k: v for k, v in checkpoint["net_config"].items() if k != "preset"}
+        # checkpoints written before ``positions`` existed used the crop's grid
+        config = {"positions": "crop"} | {k: v for k, v in checkpoint["net_config"].items() if k != "preset"}
         net = cls(preset=checkpoint["net_config"]["preset"], **config)
         prefix = "net."
         state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
@@ -243,29 +260,63 @@ class ModalityMAE(nn.Module, MAEHubMixin):
         patch_row = (row_of_slot * length + position).masked_fill(row_of_slot < 0, -1)
         return patches, patch_row, present.gather(1, slot), slot, modality_embeddings
 
+    def token_positions(self, head_offset: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """Where each grid cell of each crop lies, in patches from the head's centre: ``[B, L, 3]``.
+
+        Args:
+            head_offset: float ``[B, 3]``, the crop's centre minus the head's centre in voxels of the crop's grid
+                (a batch's ``head_offset``); ``None``: every crop centred on the head.
+            batch_size: ``B``.
+
+        Raises:
+            ValueError: ``head_offset`` is not ``[B, 3]``.
+        """
+        centres = self.cell_centres[None].expand(batch_size, -1, -1)
+        if head_offset is None:
+            return centres
+        if tuple(head_offset.shape) != (batch_size, 3):
+            raise ValueError(f"head_offset must be [{batch_size}, 3], got {tuple(head_offset.shape)}")
+        in_patches = head_offset.to(centres) / centres.new_tensor(self.patch_size)
+        return centres + in_patches[:, None, :]
+
+    def position_embedding(self, head_offset: torch.Tensor | None, batch_size: int, decoder: bool = False
+                           ) -> torch.Tensor:
+        """Positional embedding of every grid cell of each crop, ``[B, L, D]`` (``[B, L, Dd]`` for the decoder).
+
+        ``positions: head``: the sin-cos of :meth:`token_positions`; ``crop``: the learnable table, whatever the
+        offset.
+        """
+        if self.config["positions"] == "crop":
+            table = self.decoder_pos_embed if decoder else self.pos_embed
+            return table.expand(batch_size, -1, -1)
+        width = self.config["decoder_embed_dim" if decoder else "embed_dim"]
+        return sincos_positions(self.token_positions(head_offset, batch_size), width)
+
     def _tokens(
         self, patches: torch.Tensor, patch_row: torch.Tensor, slot: torch.Tensor, modality_embeddings: torch.Tensor,
-        index: torch.Tensor, index_valid: torch.Tensor,
+        index: torch.Tensor, index_valid: torch.Tensor, head_offset: torch.Tensor | None,
     ) -> torch.Tensor:
         """Embed the tokens at ``index`` [B, K] (the visible ones): ``[B, K, D]``.
 
         Pad-free, only the positions marked in ``index_valid`` [B, K] are computed and the fillers of shorter rows
         are zero; padded, every position is (fillers hold the embedding of some other token, masked later).
         """
-        width = self.pos_embed.shape[-1]
+        position_embedding = self.position_embedding(head_offset, index.shape[0])  # [B, L, D]
+        width = position_embedding.shape[-1]
         per_slot = self.modality_proj(modality_embeddings)  # [B, M, D]
+        position = index % self.tokens_per_modality  # grid cell, shared by all modalities
         if self.config["pad_free"] and not bool(index_valid.all()):
             flat_index = index[index_valid]  # [T]
             sessions = torch.nonzero(index_valid)[:, 0]
             rows = patch_row[sessions, flat_index]
-            embedded = (self.patch_embed.proj(patches[rows]) + self.pos_embed[0][flat_index % self.tokens_per_modality]
+            embedded = (self.patch_embed.proj(patches[rows]) + position_embedding[sessions, position[index_valid]]
                         + per_slot[sessions, slot[sessions, flat_index]])
             out = embedded.new_zeros(*index.shape, width)
             out[index_valid] = embedded
             return out
         rows = patch_row.gather(1, index).clamp_min(0)  # fillers of short rows may point at padding: any row does
-        position = index % self.tokens_per_modality  # grid position, shared by all modalities
-        return (self.patch_embed.proj(patches[rows]) + self.pos_embed[0][position]
+        return (self.patch_embed.proj(patches[rows])
+                + position_embedding.gather(1, position[..., None].expand(-1, -1, width))
                 + per_slot.gather(1, slot.gather(1, index)[..., None].expand(-1, -1, width)))
 
     def forward(
@@ -274,6 +325,7 @@ class ModalityMAE(nn.Module, MAEHubMixin):
         modality_embeddings: torch.Tensor,
         present: torch.Tensor,
         generator: torch.Generator | None = None,
+        head_offset: torch.Tensor | None = None,
     ) -> MAEOutput:
         """Mask, encode the visible tokens, decode every token and reconstruct the masked patches.
 
@@ -282,6 +334,8 @@ class ModalityMAE(nn.Module, MAEHubMixin):
             modality_embeddings: float ``[B, M, modality_dim]``.
             present: bool ``[B, M]``, False for padded slots; each session needs one present slot.
             generator: Optional generator for a reproducible mask.
+            head_offset: float ``[B, 3]``: each crop's centre minus its head's centre, in voxels (a batch's
+                ``head_offset``); ``None``: centred crops. Read only with ``positions: head``.
 
         Returns:
             :class:`MAEOutput`.
@@ -289,9 +343,9 @@ class ModalityMAE(nn.Module, MAEHubMixin):
         patches, patch_row, valid, slot, modality_embeddings = self._prepare(images, modality_embeddings, present)
         keep = padding_aware_mask(valid, self.mask_ratio, generator=generator)
         index, features_valid = visible_index(keep)  # [B, K]
-        visible = self._tokens(patches, patch_row, slot, modality_embeddings, index, features_valid)
+        visible = self._tokens(patches, patch_row, slot, modality_embeddings, index, features_valid, head_offset)
         features = self.encoder(visible, features_valid, modality_embeddings, slot.gather(1, index))
-        decoded = self.forward_decoder(features, index, keep, valid, slot, modality_embeddings)
+        decoded = self.forward_decoder(features, index, keep, valid, slot, modality_embeddings, head_offset)
         is_masked = valid & ~keep
         if self.config["pad_free"]:  # reconstruct only what the loss reads
             pred_masked = self.decoder_pred(decoded[is_masked])
@@ -309,6 +363,7 @@ class ModalityMAE(nn.Module, MAEHubMixin):
         valid: torch.Tensor,
         slot: torch.Tensor,
         modality_embeddings: torch.Tensor,
+        head_offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Put visible features back at their positions, fill the rest with mask tokens, decode: ``[B, N, Dd]``.
 
@@ -321,27 +376,29 @@ class ModalityMAE(nn.Module, MAEHubMixin):
         scattered = scattered.scatter(1, index[..., None].expand(-1, -1, dec_dim), x)
         x = torch.where(keep[..., None], scattered, self.mask_token.to(x.dtype).expand(b, n, -1))
         m = modality_embeddings.shape[1]
-        x = x + self.decoder_pos_embed.repeat(1, m, 1)
+        x = x + self.position_embedding(head_offset, b, decoder=True).repeat(1, m, 1)
         x = x + self.decoder_modality_proj(modality_embeddings).gather(1, slot[..., None].expand(-1, -1, dec_dim))
         return self.decoder(x, valid, modality_embeddings, slot)
 
     def encode(
-        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
+        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
+        head_offset: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode every valid token without masking, for transfer.
+        """Encode every valid token without masking, for transfer (``head_offset`` as in :meth:`forward`).
 
         Returns:
             ``tokens`` ``[B, M * L, D]`` and ``valid`` bool ``[B, M * L]`` (False for padded slots).
         """
         patches, patch_row, valid, slot, modality_embeddings = self._prepare(images, modality_embeddings, present)
         every = torch.arange(valid.shape[1], device=valid.device)[None].expand(valid.shape[0], -1)
-        tokens = self._tokens(patches, patch_row, slot, modality_embeddings, every, valid)
+        tokens = self._tokens(patches, patch_row, slot, modality_embeddings, every, valid, head_offset)
         return self.encoder(tokens, valid, modality_embeddings, slot), valid
 
     def encode_pooled(
-        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
+        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
+        head_offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One embedding per session: the mean of :meth:`encode`'s valid tokens, ``[B, D]``."""
-        tokens, valid = self.encode(images, modality_embeddings, present)
+        tokens, valid = self.encode(images, modality_embeddings, present, head_offset)
         weights = valid.to(tokens.dtype)[..., None]
         return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)

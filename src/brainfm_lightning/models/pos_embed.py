@@ -9,20 +9,30 @@ from torch.nn import functional as F
 
 
 def sincos_3d(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
-    """Fixed 3D sin-cos embedding, ``[gd * gh * gw, dim]`` in row-major (d, h, w) order.
+    """Fixed 3D sin-cos embedding of the integer grid positions, ``[gd * gh * gw, dim]`` in row-major (d, h, w) order.
 
-    Each axis gets ``2 * (dim // 6)`` channels; the remaining channels stay zero.
+    Each axis gets ``2 * (dim // 6)`` channels; the remaining channels stay zero (:func:`sincos_positions`).
     """
-    per_axis = dim // 6
     coords = torch.meshgrid(*(torch.arange(g, dtype=torch.float64) for g in grid), indexing="ij")
-    omega = 1.0 / 10000 ** (torch.arange(per_axis, dtype=torch.float64) / max(per_axis, 1))
-    parts = []
-    for axis in coords:
-        angles = axis.reshape(-1, 1) * omega[None, :]  # [L, per_axis]
-        parts += [torch.sin(angles), torch.cos(angles)]
-    embed = torch.zeros(math.prod(grid), dim, dtype=torch.float64)
-    if per_axis:
-        embed[:, : 6 * per_axis] = torch.cat(parts, dim=1)
+    return sincos_positions(torch.stack([axis.reshape(-1) for axis in coords], dim=-1), dim)
+
+
+def sincos_positions(coords: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sin-cos embedding of continuous 3D positions ``[..., 3]`` (any real coordinates), ``[..., dim]`` float32.
+
+    Along each axis ``a`` the channels ``[2aK, 2aK + K)`` hold ``sin(x_a * omega_k)`` and the next ``K`` hold
+    ``cos(x_a * omega_k)``, with ``K = dim // 6`` and ``omega_k = 10000 ** (-k / K)`` (MAE's 2D recipe in 3D); the
+    last ``dim - 6K`` channels stay zero. Computed in float64, so a coordinate of a few hundred keeps its
+    fraction.
+    """
+    if coords.shape[-1] != 3:
+        raise ValueError(f"coords must end in 3 coordinates, got shape {tuple(coords.shape)}")
+    per_axis = dim // 6
+    omega = 1.0 / 10000 ** (torch.arange(per_axis, dtype=torch.float64, device=coords.device) / max(per_axis, 1))
+    angles = coords.to(torch.float64)[..., None] * omega  # [..., 3, K]
+    parts = torch.stack([angles.sin(), angles.cos()], dim=-2).flatten(-3)  # [..., 3 * 2 * K]: sin, cos per axis
+    embed = torch.zeros(*coords.shape[:-1], dim, dtype=torch.float64, device=coords.device)
+    embed[..., : 6 * per_axis] = parts
     return embed.float()
 
 

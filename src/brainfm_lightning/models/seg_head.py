@@ -19,6 +19,7 @@ def encoder_hidden_states(
     modality_embeddings: torch.Tensor,
     present: torch.Tensor,
     layers: Sequence[int],
+    head_offset: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Unmasked encoder tokens after ``layers[i]`` blocks (0: the embedded tokens; ``depth``: the normed output).
 
@@ -44,7 +45,7 @@ def encoder_hidden_states(
     if 0 in layers:
         handles.append(blocks[0].register_forward_pre_hook(keep(0)))
     try:
-        tokens, valid = net.encode(images, modality_embeddings, present)
+        tokens, valid = net.encode(images, modality_embeddings, present, head_offset)
     finally:
         for handle in handles:
             handle.remove()
@@ -228,9 +229,14 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
                              f"stem={stem!r}, got {layers}")
         self.feature_layers = layers + [depth]
 
-    def forward(self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """Logits [B, C, *img_size] of images [B, M, *img_size], modality_embeddings [B, M, Cm], present bool [B, M]."""
-        states, valid = encoder_hidden_states(self.net, images, modality_embeddings, present, self.feature_layers)
+    def forward(self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
+                head_offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, C, *img_size] of images [B, M, *img_size], modality_embeddings [B, M, Cm], present bool [B, M].
+
+        ``head_offset`` [B, 3]: each crop's centre minus its head's centre in voxels (:meth:`ModalityMAE.forward`).
+        """
+        states, valid = encoder_hidden_states(self.net, images, modality_embeddings, present, self.feature_layers,
+                                              head_offset)
         volumes = [fuse_modalities(x, valid, self.net.grid) for x in states]
         if self.stem == "tokens":
             return self.decoder(None, volumes[:-1], volumes[-1])

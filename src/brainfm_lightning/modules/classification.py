@@ -127,14 +127,15 @@ class ClassificationModule(TransferModule):
         self.val_metrics = classification_metric_collection(task, num_classes, prefix="val/")
         self.test_metrics = classification_metric_collection(task, num_classes, prefix="test/")
 
-    def forward(self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
+                head_offset: torch.Tensor | None = None) -> torch.Tensor:
         """Head outputs ``[B, 1]`` (binary logit, regression value) or ``[B, num_classes]`` (logits)."""
-        return self.head(self.net.encode_pooled(images, modality_embeddings, present))
+        return self.head(self.net.encode_pooled(images, modality_embeddings, present, head_offset))
 
     def _outputs(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(loss, scores, targets)``: scores are probabilities (classification) or values (regression)."""
         hp = self.hparams
-        outputs = self(batch["images"], self.embed_batch(batch), batch["present"])
+        outputs = self(batch["images"], self.embed_batch(batch), batch["present"], batch.get("head_offset"))
         targets = parse_targets(batch["targets"], hp.target, hp.task, hp.num_classes, batch["session_ids"])
         targets = targets.to(outputs.device)
         if hp.task == "multiclass":
@@ -172,7 +173,7 @@ class ClassificationModule(TransferModule):
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         """Per-session scores: probabilities (classification) or predicted values (regression)."""
-        outputs = self(batch["images"], self.embed_batch(batch), batch["present"])
+        outputs = self(batch["images"], self.embed_batch(batch), batch["present"], batch.get("head_offset"))
         if self.hparams.task == "multiclass":
             scores = outputs.softmax(-1)
         else:

@@ -86,7 +86,8 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
     @override
     def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> MAEOutput:
         images = batch["images"]
-        return self.net(images, self.modality_embeddings(batch["modalities"], images), batch["present"], generator)
+        return self.net(images, self.modality_embeddings(batch["modalities"], images), batch["present"], generator,
+                        batch.get("head_offset"))
 
     def compute_losses(self, out: MAEOutput) -> dict[str, torch.Tensor]:
         """The terms of ``L = L_MAE + lambda_var * L_var + lambda_cov * L_cov``, their sum and the ramped weights."""
@@ -165,7 +166,8 @@ class MAEPretrainModule(SkippedBatchMixin, ModalityEmbeddingMixin):
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         """Session embeddings: the encoder's tokens (no masking) averaged over valid positions."""
         images = batch["images"]
-        pooled = self.net.encode_pooled(images, self.modality_embeddings(batch["modalities"], images), batch["present"])
+        pooled = self.net.encode_pooled(images, self.modality_embeddings(batch["modalities"], images), batch["present"],
+                                        batch.get("head_offset"))
         return {"session_ids": batch["session_ids"], "modalities": batch["modalities"], "embedding": pooled}
 
     def configure_model(self) -> None:

@@ -154,8 +154,8 @@ def load_pretrained(
                 + [text for k, text in mismatched.items() if is_encoder_key(k)])
     if problems and not allow_partial:
         raise ValueError(f"{path}: the pretrained encoder does not fit the network, {len(problems)} problems: "
-                         + "; ".join(problems) + ". Pretrained with another preset, patch_size or text encoder? "
-                         "Set model.allow_partial: true to load the rest and train these from initialisation.")
+                         + "; ".join(problems) + ". Pretrained with another preset, patch_size, positions or text "
+                         "encoder? Set model.allow_partial: true to load the rest and train these from initialisation.")
     loadable = {own_keys[k]: v for k, v in state.items() if k in own and k not in mismatched}
     net.load_state_dict(loadable, strict=False)
     table = checkpoint.get("modality_table")

@@ -98,23 +98,30 @@ class SegmentationModule(SegmenterBase, TransferModule):
         """The encoder's :class:`ModalityMAE` (``segmenter.net``)."""
         return self.segmenter.net
 
-    def forward(self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, num_classes, *img_size]`` of crops ``images`` ``[B, M, *img_size]``."""
-        return self.segmenter(images, modality_embeddings, present)
+    def forward(self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
+                head_offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, num_classes, *img_size]`` of crops ``images`` ``[B, M, *img_size]`` at ``head_offset``."""
+        return self.segmenter(images, modality_embeddings, present, head_offset)
 
     def predict_logits(
-        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
+        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
+        head_offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits of volumes of any size: one pass for a crop, MONAI sliding windows (Gaussian blend) otherwise."""
+        """Logits of volumes of any size: one pass for a crop, MONAI sliding windows (Gaussian blend) otherwise.
+
+        Each window's ``head_offset`` is the volume's plus the window's place in it.
+        """
         if tuple(images.shape[2:]) == tuple(self.net.img_size):
-            return self(images, modality_embeddings, present)
+            return self(images, modality_embeddings, present, head_offset)
+        if head_offset is None:
+            head_offset = images.new_zeros(images.shape[0], 3)
         rows = []
         for i in range(images.shape[0]):  # windows of one session share its embeddings and present slots
 
-            def predictor(window: torch.Tensor, row: int = i) -> torch.Tensor:
+            def predictor(window: torch.Tensor, places: torch.Tensor, row: int = i) -> torch.Tensor:
                 n = window.shape[0]
                 return self(window, modality_embeddings[row:row + 1].expand(n, -1, -1),
-                            present[row:row + 1].expand(n, -1))
+                            present[row:row + 1].expand(n, -1), head_offset[row:row + 1].to(places) + places)
 
             rows.append(self._sliding_window(images[i:i + 1], predictor, self.net.img_size))
         return torch.cat(rows)

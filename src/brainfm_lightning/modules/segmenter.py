@@ -26,7 +26,7 @@ from brainfm_lightning.modules.skipping import SkippedBatchMixin
 
 def sliding_window_logits(
     images: torch.Tensor,
-    predictor: Callable[[torch.Tensor], torch.Tensor],
+    predictor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     roi_size: Sequence[int],
     sw_batch_size: int = 2,
     overlap: float = 0.25,
@@ -39,7 +39,9 @@ def sliding_window_logits(
 
     Args:
         images: ``[B, C, *S]``.
-        predictor: Logits ``[n, K, *roi_size]`` of a batch of windows ``[n, C, *roi_size]``.
+        predictor: Logits ``[n, K, *roi_size]`` of a batch of windows ``[n, C, *roi_size]`` and their places
+            ``[n, 3]`` (each window's centre minus the volume's centre, in voxels: what a network with positions in
+            head coordinates adds to the volume's own ``head_offset``).
         roi_size: Window size (the network's crop).
         sw_batch_size: Windows per call of ``predictor``.
         overlap: Fraction by which neighbouring windows overlap.
@@ -48,21 +50,33 @@ def sliding_window_logits(
     Returns:
         Logits ``[B, K, *S]`` on ``stitch_device``.
     """
-    return sliding_window_inference(images, tuple(roi_size), sw_batch_size, predictor, overlap=overlap,
+    roi = torch.tensor(roi_size, dtype=torch.float32)
+    centre = torch.tensor([max(n, r) for n, r in zip(images.shape[2:], roi_size, strict=True)]) / 2
+
+    def placed(windows: torch.Tensor, slices: Sequence[Sequence[slice]]) -> torch.Tensor:
+        # MONAI's slices of the (evenly padded, where smaller than a window) volume: [batch, channel, *spatial]
+        starts = torch.tensor([[s.start for s in window[2:]] for window in slices], dtype=torch.float32)
+        return predictor(windows, (starts + roi / 2 - centre).to(windows.device))
+
+    return sliding_window_inference(images, tuple(roi_size), sw_batch_size, placed, overlap=overlap,
                                     mode="gaussian", sw_device=images.device,
-                                    device=images.device if stitch_device is None else stitch_device)
+                                    device=images.device if stitch_device is None else stitch_device,
+                                    with_coord=True)
 
 
 def flip_averaged_probabilities(
-    logits_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, flip_axes: Sequence[int] = ()
+    logits_of: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], images: torch.Tensor,
+    flip_axes: Sequence[int] = (), head_offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Flip test-time augmentation: softmax averaged over the plain and the mirrored passes.
 
     Args:
-        logits_of: Logits ``[B, K, *S]`` of volumes ``[B, C, *S]``.
+        logits_of: Logits ``[B, K, *S]`` of volumes ``[B, C, *S]`` and their ``head_offset`` (``[B, 3]`` or None).
         images: ``[B, C, *S]``.
         flip_axes: Spatial axes (0, 1, 2 of ``*S``) along each of which ``images`` is also mirrored, predicted and
             mirrored back.
+        head_offset: ``[B, 3]``: each volume's centre minus its head's centre, in voxels; negated along the
+            mirrored axis for the mirrored pass. ``None``: volumes centred on the head.
 
     Raises:
         ValueError: An axis that is not 0, 1 or 2.
@@ -73,10 +87,14 @@ def flip_averaged_probabilities(
     for axis in flip_axes:
         if axis not in (0, 1, 2):
             raise ValueError(f"test-time flip axes are spatial axes 0, 1 or 2, got {axis}")
-    total = logits_of(images).float().softmax(1)
+    total = logits_of(images, head_offset).float().softmax(1)
     for axis in flip_axes:
         dims = [2 + axis]
-        total = total + logits_of(images.flip(dims)).float().softmax(1).flip(dims).to(total.device)
+        mirrored = None
+        if head_offset is not None:
+            mirrored = head_offset.clone()
+            mirrored[:, axis] = -mirrored[:, axis]
+        total = total + logits_of(images.flip(dims), mirrored).float().softmax(1).flip(dims).to(total.device)
     return total / (1 + len(flip_axes))
 
 
@@ -119,9 +137,14 @@ class SegmenterBase(SkippedBatchMixin):
         self.return_probabilities = False  # set by SegmentationWriter(probabilities=True)
 
     def predict_logits(
-        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
+        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
+        head_offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``[B, num_classes, *S]`` of volumes ``[B, M, *S]`` of any size."""
+        """Logits ``[B, num_classes, *S]`` of volumes ``[B, M, *S]`` of any size.
+
+        ``head_offset`` ``[B, 3]``: each volume's centre minus its head's centre, in voxels (a batch's
+        ``head_offset``; ``None``: centred).
+        """
         raise NotImplementedError
 
     def setup(self, stage: str) -> None:
@@ -141,11 +164,13 @@ class SegmenterBase(SkippedBatchMixin):
 
     def predict_probabilities(
         self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
-        flip_axes: Sequence[int] = (),
+        flip_axes: Sequence[int] = (), head_offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Softmax ``[B, num_classes, *S]`` of :meth:`predict_logits`, with :func:`flip_averaged_probabilities`."""
-        return flip_averaged_probabilities(lambda x: self.predict_logits(x, modality_embeddings, present), images,
-                                           flip_axes)
+        def logits_of(volume: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+            return self.predict_logits(volume, modality_embeddings, present, offset)
+
+        return flip_averaged_probabilities(logits_of, images, flip_axes, head_offset)
 
     def _label(self, batch: Mapping[str, Any]) -> torch.Tensor:
         if "label" not in batch:
@@ -160,7 +185,7 @@ class SegmenterBase(SkippedBatchMixin):
     def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor:
         if batch is None:  # every session was bad input; Lightning's loop skips such batches before this
             return self.skipped_step_loss()
-        logits = self(batch["images"], self.embed_batch(batch), batch["present"])
+        logits = self(batch["images"], self.embed_batch(batch), batch["present"], batch.get("head_offset"))
         loss = self.loss(logits, self._label(batch))
         self.log_training_loss(loss, len(batch["session_ids"]))
         return loss
@@ -168,7 +193,8 @@ class SegmenterBase(SkippedBatchMixin):
     def _logits_and_loss(self, batch: Mapping[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of the batch's volumes and the true label maps; logs the stage's loss."""
         label = self._label(batch)
-        logits = self.predict_logits(batch["images"], self.embed_batch(batch), batch["present"])
+        logits = self.predict_logits(batch["images"], self.embed_batch(batch), batch["present"],
+                                     batch.get("head_offset"))
         label = label.to(logits.device)
         self.log(f"{stage}/loss", self.loss(logits, label), batch_size=len(batch["session_ids"]), sync_dist=True)
         return logits, label
@@ -238,7 +264,8 @@ class SegmenterBase(SkippedBatchMixin):
         (float32 ``[B, num_classes, *S]`` on the CPU).
         """
         flips = tuple(self.hparams.get("test_time_flips") or ())
-        probabilities = self.predict_probabilities(batch["images"], self.embed_batch(batch), batch["present"], flips)
+        probabilities = self.predict_probabilities(batch["images"], self.embed_batch(batch), batch["present"], flips,
+                                                   batch.get("head_offset"))
         output = {"session_ids": batch["session_ids"], "modalities": batch["modalities"],
                   "prediction": probabilities.argmax(1, keepdim=True).to(torch.uint8)}
         if "affines" in batch:

@@ -153,9 +153,12 @@ class UNetBaselineModule(SegmenterBase):
         return self.modality_embeddings(batch["modalities"], like=batch["images"])
 
     def forward(  # type: ignore[override]
-        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
+        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
+        head_offset: torch.Tensor | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Logits ``[B, num_classes, *S]`` of slots ``images`` ``[B, M, *S]`` with one-hot channels ``[B, M, C]``.
+
+        A convolutional network needs no ``head_offset``; it is accepted (and ignored) as BrainFM segmenters take it.
 
         While training with deep supervision: the list of every head's logits at full resolution, main head first
         (what the deep-supervision loss takes).
@@ -170,13 +173,14 @@ class UNetBaselineModule(SegmenterBase):
         return logits[:, 0] if logits.dim() == channels.dim() + 1 else logits  # stacked heads in train mode
 
     def predict_logits(
-        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor
+        self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
+        head_offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of volumes of any size: one pass for a crop, MONAI sliding windows (Gaussian blend) otherwise."""
         channels = to_channels(images, modality_embeddings, present)
         if tuple(channels.shape[2:]) == self.img_size:
             return self._main_logits(channels)
-        return self._sliding_window(channels, self._main_logits, self.img_size)
+        return self._sliding_window(channels, lambda windows, _: self._main_logits(windows), self.img_size)
 
     @override
     def configure_optimizers(self) -> dict[str, Any]:
