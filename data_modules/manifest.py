@@ -55,6 +55,9 @@ class ManifestDataModule(L.LightningDataModule):
         seed: Seed of the split, the per-epoch shuffle and the random crops.
         bad_scan_policy: ``skip`` a bad scan with a warning naming it, or ``error`` at once.
         flip_probability: Left-right flip probability for training sessions.
+        crop_step: Training crops lie a whole number of ``crop_step`` voxels from the centred crop (an int or 3
+            ints; :class:`SessionPreprocessor`). ``1``: any offset; the network's patch size keeps every crop on one
+            patch lattice of the head.
         with_label: Load each session's label mask (segmentation).
         max_voxels: Reject larger scans.
         max_anisotropy: Reject scans with a larger ratio of coarsest to finest spacing.
@@ -88,6 +91,7 @@ class ManifestDataModule(L.LightningDataModule):
         seed: int = 0,
         bad_scan_policy: BadScanPolicy = "skip",
         flip_probability: float = 0.5,
+        crop_step: int | Sequence[int] = 1,
         with_label: bool = False,
         max_voxels: int = 512**3,
         max_anisotropy: float = 8.0,
@@ -125,6 +129,7 @@ class ManifestDataModule(L.LightningDataModule):
         self.seed = seed
         self.bad_scan_policy = bad_scan_policy
         self.flip_probability = flip_probability
+        self.crop_step = crop_step
         self.with_label = with_label
         self.load_kwargs = dict(max_voxels=max_voxels, max_anisotropy=max_anisotropy)
         self.bucket_by_modality_count = bucket_by_modality_count
@@ -187,7 +192,7 @@ class ManifestDataModule(L.LightningDataModule):
         log.info("prepared cache %s: %s", cache.folder, report.summary())
 
     def _dataset(self, sessions: list[Session], train: bool, with_label: bool | None = None) -> SessionDataset:
-        preprocessor = SessionPreprocessor(self.crop_size, self.spacing, random_crop=train,
+        preprocessor = SessionPreprocessor(self.crop_size, self.spacing, random_crop=train, crop_step=self.crop_step,
                                            flip_probability=self.flip_probability if train else 0.0,
                                            augment=self.augment and self.augment_on == "workers" and train)
         return SessionDataset(sessions, preprocessor, policy=self.bad_scan_policy,

@@ -104,10 +104,10 @@ def build_data(pool_subjects: int) -> tuple[Path, list[dict[str, str]]]:
 
 
 def data_config(path: Path, manifest: Path, cache: Path) -> Path:
-    """A data config reading ``manifest`` (with its split column) at 4 mm, 32^3 crops."""
+    """A data config reading ``manifest`` (with its split column) at 4 mm, 32^3 crops on the 8^3 patch lattice."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": {"class_path": "data_modules.ManifestDataModule", "init_args": {
-        "manifest": str(manifest), "spacing": 4.0, "crop_size": 32, "batch_size": 2, "num_workers": 0,
+        "manifest": str(manifest), "spacing": 4.0, "crop_size": 32, "crop_step": 8, "batch_size": 2, "num_workers": 0,
         "with_label": True, "cache_dir": str(cache), "prepare_cache": True}}}, indent=1))
     return path
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16], help="Labelled training subjects.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds (>= 3 for a spread).")
     parser.add_argument("--pool", type=int, default=200, help="Unlabelled pretraining subjects.")
-    parser.add_argument("--pretrain-steps", type=int, default=1000, help="Pretraining steps (batches of 4).")
+    parser.add_argument("--pretrain-steps", type=int, default=3000, help="Pretraining steps (batches of 4).")
     parser.add_argument("--steps", type=int, default=200, help="Fine-tuning steps of every segmenter (batches of 2).")
     parser.add_argument("--stem", default="per_sequence", choices=["mean", "per_sequence", "tokens"],
                         help="BrainFM segmenter's full-resolution path (ModalityUNETR's stem).")
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     pool_data = ["--data.class_path", "data_modules.DemoDataModule", "--data.init_args.root", str(pool_root),
                  "--data.init_args.n_subjects", str(args.pool), "--data.init_args.demo_seed", "1",
                  "--data.init_args.demo_spacing", "4.0", "--data.init_args.spacing", "4.0",
-                 "--data.init_args.crop_size", "32", "--data.init_args.val_fraction", "0.05",
+                 "--data.init_args.crop_size", "32", "--data.init_args.crop_step", "8",
+                 "--data.init_args.val_fraction", "0.05",
                  "--data.init_args.num_workers", "0", "--data.init_args.augment", "false"]
 
     # 1. pretraining, once per variant

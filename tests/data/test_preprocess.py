@@ -88,3 +88,19 @@ def test_samples_and_batches_carry_the_head_offset(tmp_path):
     assert torch.equal(batch["head_offset"], torch.stack([s["head_offset"] for s in samples]))
     whole = SessionDataset([session], SessionPreprocessor(16), whole_volume=True)[0]
     assert torch.equal(whole["head_offset"], torch.zeros(3))  # the head box padded evenly: centred on the head
+
+
+def test_crop_step_keeps_random_crops_on_the_centred_crops_lattice():
+    from brainfm_lightning.data.preprocess import crop_start
+
+    shape, size = (50, 45, 20), (32, 32, 24)  # x: 18 voxels of room, y: 13
+    centred = crop_start(shape, size, False, np.random.default_rng(0))
+    starts = {crop_start(shape, size, True, np.random.default_rng(seed), (8, 8, 8)) for seed in range(200)}
+    for start in starts:
+        assert all((s - c) % 8 == 0 for s, c in zip(start, centred))
+        assert all(0 <= s and s + c <= n for s, c, n in zip(start[:2], size[:2], shape[:2]))  # inside the head
+    assert start[2] == -2  # a short axis stays padded evenly: no room to move
+    xs, ys = {s[0] for s in starts}, {s[1] for s in starts}
+    assert xs == {centred[0] - 8, centred[0], centred[0] + 8} and ys == {centred[1]}  # 6 +- 8 leaves the head
+    with pytest.raises(ValueError, match="crop_step must be a positive int or three positive ints, got 0"):
+        SessionPreprocessor(32, crop_step=0)

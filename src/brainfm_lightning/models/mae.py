@@ -93,9 +93,10 @@ class ModalityMAE(nn.Module, MAEHubMixin):
             the demo the standardised (~20x larger) condition made the CLN maps' Adam steps ~20x larger and
             pretraining worse (masked-patch error 0.87 against 0.73 after 600 steps, docs/label_efficiency.md).
         positions: Where a token's position is measured. ``head`` (the default): from the centre of the head, in
-            patches, so a token at one place in the head has one position whichever crop it came from; the
-            positional embedding is the fixed sin-cos of that continuous coordinate (fb/mae's fixed embedding),
-            and the crop's place comes with each batch (``head_offset``, :meth:`forward`). ``crop``: the token's
+            voxels, so a token at one place in the head has one position whichever crop it came from; the
+            positional embedding is the fixed sin-cos of that continuous coordinate (fb/mae's fixed embedding;
+            periods from 6 voxels up), and the crop's place comes with each batch (``head_offset``,
+            :meth:`forward`). ``crop``: the token's
             grid cell inside the crop, a learnable table initialised with sin-cos (the layout of checkpoints made
             before ``positions`` existed). With random training crops the crop grid does not say where in the
             head a token lies: on the 4 mm demo pool a ``crop`` network reconstructed masked patches worse than
@@ -163,8 +164,9 @@ class ModalityMAE(nn.Module, MAEHubMixin):
 
         self.patch_embed = PatchEmbed3d(self.patch_size, dim)
         self.modality_proj = nn.Linear(self.modality_dim, dim)
-        # the centre of every grid cell, in patches from the crop's centre: [L, 3], row-major (d, h, w)
-        cells = torch.meshgrid(*(torch.arange(g, dtype=torch.float32) - (g - 1) / 2 for g in self.grid), indexing="ij")
+        # the centre of every grid cell, in voxels from the crop's centre: [L, 3], row-major (d, h, w)
+        cells = torch.meshgrid(*((torch.arange(g, dtype=torch.float32) - (g - 1) / 2) * p
+                                 for g, p in zip(self.grid, self.patch_size, strict=True)), indexing="ij")
         self.register_buffer("cell_centres", torch.stack([c.reshape(-1) for c in cells], dim=-1), persistent=False)
         if positions == "crop":  # learnable [1, L, D] tables, shared by all modalities
             self.pos_embed = nn.Parameter(sincos_3d(self.grid, dim)[None])
@@ -261,7 +263,7 @@ class ModalityMAE(nn.Module, MAEHubMixin):
         return patches, patch_row, present.gather(1, slot), slot, modality_embeddings
 
     def token_positions(self, head_offset: torch.Tensor | None, batch_size: int) -> torch.Tensor:
-        """Where each grid cell of each crop lies, in patches from the head's centre: ``[B, L, 3]``.
+        """Where the centre of each grid cell of each crop lies, in voxels from the head's centre: ``[B, L, 3]``.
 
         Args:
             head_offset: float ``[B, 3]``, the crop's centre minus the head's centre in voxels of the crop's grid
@@ -276,8 +278,7 @@ class ModalityMAE(nn.Module, MAEHubMixin):
             return centres
         if tuple(head_offset.shape) != (batch_size, 3):
             raise ValueError(f"head_offset must be [{batch_size}, 3], got {tuple(head_offset.shape)}")
-        in_patches = head_offset.to(centres) / centres.new_tensor(self.patch_size)
-        return centres + in_patches[:, None, :]
+        return centres + head_offset.to(centres)[:, None, :]
 
     def position_embedding(self, head_offset: torch.Tensor | None, batch_size: int, decoder: bool = False
                            ) -> torch.Tensor:
