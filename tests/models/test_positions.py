@@ -40,7 +40,8 @@ def test_integer_grid_embedding_is_the_continuous_one_at_the_cells():
 def test_token_positions_are_cell_centres_plus_the_offset_in_voxels():
     net = ModalityMAE(preset="test", img_size=(32, 32, 48), patch_size=16)  # grid 2 x 2 x 3
     positions = net.token_positions(torch.tensor([[16.0, -8.0, 4.0]]), 1)[0]
-    expected = [[16 * d - 8 + 16, 16 * h - 8 - 8, 16 * w - 16 + 4] for d in range(2) for h in range(2) for w in range(3)]
+    expected = [[16 * d - 8 + 16, 16 * h - 8 - 8, 16 * w - 16 + 4]
+                for d in range(2) for h in range(2) for w in range(3)]
     torch.testing.assert_close(positions, torch.tensor(expected, dtype=torch.float32))
     torch.testing.assert_close(net.token_positions(None, 2), net.token_positions(torch.zeros(2, 3), 2))
     with pytest.raises(ValueError, match=r"head_offset must be \[2, 3\]"):
