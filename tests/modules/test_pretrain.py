@@ -51,6 +51,21 @@ def test_network_loads_from_the_checkpoint_without_lightning(trained_checkpoint)
     assert net.img_size == (32, 32, 32) and net.modality_dim == 384
 
 
+def test_training_batches_bring_their_crops_head_offsets_to_the_network(trained_checkpoint, demo_manifest,
+                                                                         monkeypatch):
+    _, module = trained_checkpoint
+    seen = []
+    forward = module.net.forward
+    monkeypatch.setattr(module.net, "forward", lambda *args, **kwargs: seen.append(args[4]) or forward(*args, **kwargs))
+    data = datamodule(demo_manifest, crop_step=16)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    module(batch)
+    assert seen[0] is batch["head_offset"] and seen[0].shape == (2, 3)
+    # on the centred crop's 16^3 lattice; a centred crop of an odd-length head lies half a voxel off its centre
+    assert set(torch.remainder(seen[0], 16).flatten().tolist()) <= {0.0, 0.5, 15.5}
+
+
 def test_training_moves_every_network_parameter(demo_manifest, tmp_path):
     torch.manual_seed(1)
     module = MAEPretrainModule(ModalityMAE.from_preset("test"), warmup_steps=1)

@@ -133,6 +133,26 @@ def test_volumes_larger_than_the_crop_use_sliding_windows(pretrained):
     assert logits.shape == (1, 2, 48, 40, 32) and torch.isfinite(logits).all()
 
 
+def test_each_window_gets_the_volumes_head_offset_plus_its_place_in_the_volume(monkeypatch):
+    module = segmenter(sw_batch_size=8, sw_overlap=0.5).eval()
+    seen = []
+
+    def forward(images, embeddings, present, head_offset=None):
+        seen.append(head_offset)
+        return torch.zeros(images.shape[0], 2, *images.shape[2:])
+
+    monkeypatch.setattr(module, "forward", forward)
+    images = torch.zeros(1, 1, 48, 32, 32)  # windows of 32 along x start at 0 and 16: centres at -8 and +8
+    module.predict_logits(images, module.modality_embeddings([["T1"]], like=images), torch.ones(1, 1).bool(),
+                          torch.tensor([[1.0, 2.0, 3.0]]))
+    assert sorted(row.tolist() for batch in seen for row in batch) == [[-7.0, 2.0, 3.0], [9.0, 2.0, 3.0]]
+    seen.clear()
+    crop = torch.zeros(2, 1, 32, 32, 32)  # crops of the network's size: one pass with the batch's offsets
+    module.predict_logits(crop, module.modality_embeddings([["T1"], ["T1"]], like=crop), torch.ones(2, 1).bool(),
+                          torch.tensor([[4.0, 0.0, 0.0], [0.0, -8.0, 0.0]]))
+    assert [batch.tolist() for batch in seen] == [[[4.0, 0.0, 0.0], [0.0, -8.0, 0.0]]]
+
+
 def test_training_lowers_the_loss_and_evaluation_logs_metrics(pretrained, demo_manifest, tmp_path):
     torch.manual_seed(0)
     module = segmenter(pretrained=str(pretrained[0]), optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),

@@ -92,15 +92,14 @@ class ModalityMAE(nn.Module, MAEHubMixin):
             encoder's scale (MiniLM gives unit vectors, BioBERT's CLS vectors are ~10x longer). Off by default: on
             the demo the standardised (~20x larger) condition made the CLN maps' Adam steps ~20x larger and
             pretraining worse (masked-patch error 0.87 against 0.73 after 600 steps, docs/label_efficiency.md).
-        positions: Where a token's position is measured. ``head`` (the default): from the centre of the head, in
-            voxels, so a token at one place in the head has one position whichever crop it came from; the
-            positional embedding is the fixed sin-cos of that continuous coordinate (fb/mae's fixed embedding;
-            periods from 6 voxels up), and the crop's place comes with each batch (``head_offset``,
-            :meth:`forward`). ``crop``: the token's
-            grid cell inside the crop, a learnable table initialised with sin-cos (the layout of checkpoints made
-            before ``positions`` existed). With random training crops the crop grid does not say where in the
-            head a token lies: on the 4 mm demo pool a ``crop`` network reconstructed masked patches worse than
-            the average-brain template (0.49 against 0.20), one pretrained on centred crops beat it
+        positions: Where a token's position is measured. ``head`` (the default): in voxels from the centre of the
+            head, so one place in the head has one position whichever crop shows it; the embedding is the fixed
+            sin-cos of that continuous coordinate (fb/mae's fixed embedding; periods from 6 voxels up), and each
+            batch says where its crops lie (``head_offset``, :meth:`forward`). ``crop``: the token's cell in the
+            crop, a learnable table initialised with sin-cos (the layout before ``positions`` existed). With
+            random crops a crop's cells do not say where in the head a token lies: on the 4 mm demo pool (1000
+            steps) a ``crop`` network's masked-patch error was 0.49, a ``head`` network's 0.19 with its crops on
+            the patch lattice (``crop_step``), against 0.20 for the average-brain template
             (docs/label_efficiency.md).
         modality_init_gain: Gain of the Xavier initialisation of the two projections that add the modality
             embedding to the tokens (encoder and decoder). With unit-norm MiniLM vectors a gain of 1 adds about
