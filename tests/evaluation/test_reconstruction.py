@@ -68,6 +68,7 @@ def test_the_command_reports_every_predictor(demo_root, tmp_path, capsys, monkey
     assert main(args) == 0
     assert "| model | template | zeros | names rotated |" in capsys.readouterr().out
     errors = json.loads((tmp_path / "out/reconstruction.json").read_text())
+    assert (tmp_path / "out/reconstruction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(errors) == {"model", "template", "zeros", "names_rotated", "rotated_over_model", "patches"}
     assert all(np.isfinite(v) for v in errors.values()) and errors["template"] < errors["zeros"]
     assert main([*args[:-2], "--seeds", "0"]) == 2

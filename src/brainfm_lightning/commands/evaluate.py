@@ -66,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "--seeds mask draws each): the network's reconstruction, the template (the mean training patch "
                     "of the same sequence at the same grid position), zeros, and the network with each session's "
                     "sequence names rotated (tells whether the modality embedding is used). Prints a markdown "
-                    "table and writes reconstruction.json to --out. Exit status: 0 done, 2 bad input.",
+                    "table and writes reconstruction.json and reconstruction.png (original, masked input and "
+                    "reconstruction of the validation session with the most sequences) to --out. Exit status: 0 "
+                    "done, 2 bad input.",
         epilog="example: brainfm evaluate reconstruction --config configs/pretrain/quickstart.yaml "
                "--ckpt_path runs/quickstart/lightning_logs/version_0/checkpoints/last.ckpt")
     reconstruction.add_argument("--config", action="append", required=True, metavar="CONFIG.yaml",
@@ -215,7 +217,7 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     """Run ``brainfm evaluate reconstruction`` with parsed arguments; returns the exit status."""
     import json
 
-    from brainfm_lightning.evaluation.reconstruction import masked_patch_errors, patch_template
+    from brainfm_lightning.evaluation.reconstruction import masked_patch_errors, patch_template, write_montage
 
     try:
         if args.seeds < 1:
@@ -230,14 +232,19 @@ def run_reconstruction(args: argparse.Namespace) -> int:
         return _fail(str(error), "reconstruction")
     module.eval()
     template = patch_template(net, datamodule.evaluation_dataloader("train"))
-    errors = masked_patch_errors(net, lambda names, like: module.modality_embeddings(names, like=like),
-                                 datamodule.evaluation_dataloader("val"), template, seeds=range(args.seeds))
+    def embed(names: Sequence[Sequence[str]], like: torch.Tensor) -> torch.Tensor:
+        return module.modality_embeddings(names, like=like)
+
+    errors = masked_patch_errors(net, embed, datamodule.evaluation_dataloader("val"), template,
+                                 seeds=range(args.seeds))
     out = Path(args.out) if args.out else Path(args.ckpt_path).parent
     out.mkdir(parents=True, exist_ok=True)
     (out / "reconstruction.json").write_text(json.dumps(errors, indent=1) + "\n")
+    montage = write_montage(net, embed, datamodule.evaluation_dataloader("val"), out / "reconstruction.png")
     print(f"masked-patch MSE on the validation sessions ({int(errors['patches'])} patches, {args.seeds} mask seeds; "
           f"z-scored voxels):")
     print("| model | template | zeros | names rotated | rotated / model |\n|---|---|---|---|---|")
     print(f"| {errors['model']:.3f} | {errors['template']:.3f} | {errors['zeros']:.3f} | {errors['names_rotated']:.3f} "
           f"| {errors['rotated_over_model']:.3f} |")
+    print(f"wrote {out / 'reconstruction.json'} and {montage}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,3 +94,36 @@ def masked_patch_errors(
         raise ValueError("no masked patch to score: the batches were empty")
     errors = {name: total / count for name, total in totals.items()}
     return errors | {"rotated_over_model": errors["names_rotated"] / errors["model"], "patches": float(count)}
+
+
+@torch.no_grad()
+def write_montage(net: ModalityMAE, embed: EmbedFn, batches: Iterable[Mapping[str, Any] | None], path: Path,
+                  seed: int = 0) -> Path:
+    """A PNG of the session with the most sequences among ``batches``: original, masked input and reconstruction.
+
+    The middle axial slice of every sequence, the mask drawn from ``seed`` (the first of
+    :func:`masked_patch_errors`'s draws); the title says SYNTHETIC for demo data.
+
+    Raises:
+        ValueError: The batches were empty.
+    """
+    from brainfm_lightning.callbacks.reconstruction_montage import montage_panels, render_montage
+
+    best: tuple[int, Mapping[str, Any], int] | None = None
+    for batch in batches:
+        if batch is None:
+            continue
+        counts = batch["present"].sum(1)
+        row = int(counts.argmax())
+        if best is None or int(counts[row]) > best[0]:
+            best = (int(counts[row]), batch, row)
+    if best is None:
+        raise ValueError("no session to draw: the batches were empty")
+    _, batch, row = best
+    out = net(batch["images"], embed(batch["modalities"], batch["images"]), batch["present"],
+              generator=torch.Generator().manual_seed(seed), head_offset=batch.get("head_offset"))
+    names, panels = montage_panels(batch, out, net.grid, net.patch_size, row)
+    title = f"{batch['session_ids'][row]}: masked patches reconstructed, middle axial slice"
+    if str(batch["targets"][row].get("synthetic", "")).lower() in ("1", "true"):
+        title = f"SYNTHETIC data: {title}"
+    return render_montage(names, panels, title, path)
