@@ -58,6 +58,15 @@ ABLATIONS = {  # name -> (table name, pretraining overrides)
 }
 
 
+def evaluation_overrides(model: str, stem: str) -> list[str]:
+    """``brainfm evaluate`` rebuilds a model from the configs: the ``--set`` options its training overrode.
+
+    The U-Net's channel list; a BrainFM segmenter's stem (``per_sequence`` and ``mean`` share their weights, so a
+    missing stem would load and silently evaluate another network).
+    """
+    return UNET_EVALUATE if model == "unet" else ["--set", f"model.init_args.head.init_args.stem={stem}"]
+
+
 def config_args(configs: Sequence[str | Path]) -> list[str]:
     """``--config`` options, composed left to right (names relative to ``configs/``)."""
     return [item for c in configs for item in ("--config", str(c if Path(c).is_absolute() else CONFIGS / c))]
@@ -201,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not (args.reuse and (out / "robustness_cases.csv").is_file()):
                     run(f"{stage}_evaluate", ["evaluate", "robustness", *config_args(configs), "--ckpt_path",
                                               str(checkpoint), "--out", str(out), "--max-missing", "1",
-                                              *(UNET_EVALUATE if key == "unet" else [])])
+                                              *evaluation_overrides(key, args.stem)])
                 grouped = le.condition_cases(csv.DictReader((out / "robustness_cases.csv").open()))
                 records += [{"model": name, "n_labelled": size, "seed": seed, "condition": condition, "cases": cases}
                             for condition, cases in grouped.items()]

@@ -30,6 +30,21 @@ def test_the_unet_gets_the_same_channel_list_for_training_and_evaluation():
     assert script.UNET_EVALUATE == ["--set", f"model.init_args.modalities={script.UNET_CHANNELS}"]
 
 
+@pytest.mark.parametrize("model", ["scratch", "pretrained", "frozen_random", "no_cln"])
+def test_brainfm_segmenters_are_evaluated_with_the_stem_they_were_trained_with(model):
+    assert script.evaluation_overrides(model, "tokens") == ["--set", "model.init_args.head.init_args.stem=tokens"]
+    assert script.evaluation_overrides("unet", "tokens") == script.UNET_EVALUATE
+
+
+def test_the_stem_override_builds_the_trained_segmenter():
+    from brainfm_lightning.commands.config import build_from_configs
+
+    configs = [str(script.CONFIGS / "finetune/seg_demo.yaml"), str(script.CONFIGS / "model/test.yaml")]
+    overrides = [tuple(script.evaluation_overrides("scratch", "per_sequence")[1].split("=", 1))]
+    module, _ = build_from_configs(configs, overrides)
+    assert module.segmenter.stem == "per_sequence"
+
+
 def test_help_and_bad_values(capsys):
     with pytest.raises(SystemExit) as done:
         script.main(["--help"])
