@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from brainfm_lightning.data import Session
-from brainfm_lightning.data.demo import ensure_demo_dataset
+from brainfm_lightning.data.demo import CONTRASTS, ensure_demo_dataset
 from data_modules.manifest import ManifestDataModule
 
 
@@ -19,6 +19,8 @@ class DemoDataModule(ManifestDataModule):
         n_subjects: Subjects (one session each) in the demo dataset.
         demo_seed: Seed of the synthetic subjects.
         demo_spacing: Voxel spacing of the written volumes in mm.
+        demo_modalities: Sequences to simulate (a subset of T1, T2, PD, FLAIR); each subject gets a random
+            non-empty subset of them. ``None`` (default): all four.
         spacing: Preprocessing spacing in mm; ``None`` (default): ``demo_spacing``, the grid the data is written on.
         **kwargs: Everything :class:`ManifestDataModule` takes, except ``manifest``; with ``prepare_cache`` and no
             ``cache_dir``, the prepared cache lives next to the dataset, in ``<root>-prepared``.
@@ -30,11 +32,18 @@ class DemoDataModule(ManifestDataModule):
         n_subjects: int = 24,
         demo_seed: int = 0,
         demo_spacing: float = 2.0,
+        demo_modalities: list[str] | None = None,
         spacing: float | None = None,
         **kwargs: Any,
     ) -> None:
         self.root = root
-        self.build_kwargs = dict(n_subjects=n_subjects, seed=demo_seed, spacing=demo_spacing)
+        self.build_kwargs: dict[str, Any] = dict(n_subjects=n_subjects, seed=demo_seed, spacing=demo_spacing)
+        if demo_modalities is not None:
+            unknown = sorted(set(demo_modalities) - set(CONTRASTS))
+            if unknown or not demo_modalities or len(set(demo_modalities)) != len(demo_modalities):
+                raise ValueError(f"demo_modalities must be distinct names among {list(CONTRASTS)}, "
+                                 f"got {list(demo_modalities)}")
+            self.build_kwargs["modalities"] = tuple(demo_modalities)
         if kwargs.get("prepare_cache") and not kwargs.get("cache_dir"):
             kwargs["cache_dir"] = str(Path(root).with_name(f"{Path(root).name}-prepared"))
         super().__init__(manifest=str(Path(root) / "manifest.csv"), spacing=spacing or demo_spacing, **kwargs)

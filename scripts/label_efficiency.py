@@ -4,11 +4,11 @@
 32^3 crops, the ``small`` preset with 8^3 patches (``configs/compare/brainfm_32.yaml``):
 
 1. An unlabelled pretraining pool, ``data/demo_4mm_pool``: ``--pool`` subjects from another generator seed than the
-   labelled set, with T1, T2 and PD only. FLAIR never appears in pretraining.
+   labelled set, with every demo sequence but ``--unseen`` (default PD: the pool holds T1, T2 and FLAIR).
 2. The labelled set, ``data/demo_4mm`` (48 subjects): a fixed test split (``sub-037`` .. ``sub-048``), 4 validation
    subjects (``sub-033`` .. ``sub-036``) and a labelled pool of 32; each seed draws nested training sets of every
-   size in ``--sizes`` from it. FLAIR appears here under the descriptive name ``T2-FLAIR-3D-SPACE``, a sequence and a
-   name the pretrained encoder never saw.
+   size in ``--sizes`` from it. The ``--unseen`` sequence appears here only, under a descriptive name
+   (``UNSEEN_NAMES``, e.g. PD as ``PD-TSE``): a sequence and a name the pretrained encoder never saw.
 3. ``brainfm fit`` of ``configs/pretrain/quickstart.yaml`` on the pool for ``--pretrain-steps`` (once per variant:
    the model itself and each ``--ablations`` entry: ``no_cln`` Conditional LayerNorm frozen at its identity start,
    ``shuffled_names`` each session's sequence names permuted at random in every step, ``no_vicreg`` no
@@ -43,13 +43,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # data_modules/ for the configs' class paths when run as a script
 CONFIGS = REPO / "configs"
-UNSEEN = "T2-FLAIR-3D-SPACE"
-POOL_MODALITIES = ("T1", "T2", "PD")
+DEMO_SEQUENCES = ("T1", "T2", "PD", "FLAIR")  # brainfm_lightning.data.demo.CONTRASTS
+# the sequence kept out of pretraining appears at fine-tuning under a name the text encoder never embedded either
+UNSEEN_NAMES = {"T1": "T1-MPRAGE", "T2": "T2-TSE", "PD": "PD-TSE", "FLAIR": "T2-FLAIR-3D-SPACE"}
 TEST = [f"sub-{k:03d}" for k in range(37, 49)]
 VAL = [f"sub-{k:03d}" for k in range(33, 37)]
 LABELLED_POOL = [f"sub-{k:03d}" for k in range(1, 33)]
-UNET_CHANNELS = json.dumps(["T1", "T2", "PD", UNSEEN])  # the U-Net's fixed input channels, FLAIR under its new name
-UNET_EVALUATE = ["--set", f"model.init_args.modalities={UNET_CHANNELS}"]  # brainfm evaluate rebuilds it from configs
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 ABLATIONS = {  # name -> (table name, pretraining overrides)
     "no_cln": ("BrainFM (no CLN)", ["--model.init_args.net.init_args.conditioning", "none"]),
@@ -58,13 +57,25 @@ ABLATIONS = {  # name -> (table name, pretraining overrides)
 }
 
 
-def evaluation_overrides(model: str, stem: str) -> list[str]:
+def pool_sequences(unseen: str) -> tuple[str, ...]:
+    """The pretraining pool's sequences: every demo sequence but ``unseen``."""
+    return tuple(m for m in DEMO_SEQUENCES if m != unseen)
+
+
+def unet_channels(unseen: str) -> str:
+    """The U-Net's fixed input channels (JSON): the pool's sequences, then the unseen one under its new name."""
+    return json.dumps([*pool_sequences(unseen), UNSEEN_NAMES[unseen]])
+
+
+def evaluation_overrides(model: str, stem: str, unseen: str) -> list[str]:
     """``brainfm evaluate`` rebuilds a model from the configs: the ``--set`` options its training overrode.
 
     The U-Net's channel list; a BrainFM segmenter's stem (``per_sequence`` and ``mean`` share their weights, so a
     missing stem would load and silently evaluate another network).
     """
-    return UNET_EVALUATE if model == "unet" else ["--set", f"model.init_args.head.init_args.stem={stem}"]
+    if model == "unet":
+        return ["--set", f"model.init_args.modalities={unet_channels(unseen)}"]
+    return ["--set", f"model.init_args.head.init_args.stem={stem}"]
 
 
 def config_args(configs: Sequence[str | Path]) -> list[str]:
@@ -101,12 +112,12 @@ class Runner:
         return found[-1]
 
 
-def build_data(pool_subjects: int) -> tuple[Path, list[dict[str, str]]]:
+def build_data(pool_subjects: int, unseen: str) -> tuple[Path, list[dict[str, str]]]:
     """The pretraining pool and the labelled set (built on first use); returns the pool's root and labelled rows."""
     from brainfm_lightning.data.demo import ensure_demo_dataset
 
     pool = ensure_demo_dataset(REPO / "data/demo_4mm_pool", n_subjects=pool_subjects, seed=1, spacing=4.0,
-                               modalities=POOL_MODALITIES).parent
+                               modalities=pool_sequences(unseen)).parent
     manifest = ensure_demo_dataset(REPO / "data/demo_4mm", n_subjects=48, seed=0, spacing=4.0)
     rows = [dict(r) | {"path": str((manifest.parent / r["path"]).resolve())} for r in csv.DictReader(manifest.open())]
     return pool, rows
@@ -132,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=200, help="Unlabelled pretraining subjects.")
     parser.add_argument("--pretrain-steps", type=int, default=3000, help="Pretraining steps (batches of 4).")
     parser.add_argument("--steps", type=int, default=200, help="Fine-tuning steps of every segmenter (batches of 2).")
+    parser.add_argument("--unseen", default="PD", choices=list(DEMO_SEQUENCES),
+                        help="The sequence kept out of the pretraining pool; the labelled set shows it under a new "
+                             "name (PD: PD-TSE, FLAIR: T2-FLAIR-3D-SPACE, T1: T1-MPRAGE, T2: T2-TSE).")
     parser.add_argument("--stem", default="per_sequence", choices=["mean", "per_sequence", "tokens"],
                         help="BrainFM segmenter's full-resolution path (ModalityUNETR's stem).")
     parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS))
@@ -157,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     work = args.work.resolve()
     run = Runner(work, args.reuse)
-    pool_root, labelled_rows = build_data(args.pool)
+    pool_root, labelled_rows = build_data(args.pool, args.unseen)
+    unseen_name, rename = UNSEEN_NAMES[args.unseen], {args.unseen: UNSEEN_NAMES[args.unseen]}
     cache = REPO / "data/demo_4mm-prepared"
     net = ["compare/brainfm_32.yaml"]
     pool_data = ["--data.class_path", "data_modules.DemoDataModule", "--data.init_args.root", str(pool_root),
                  "--data.init_args.n_subjects", str(args.pool), "--data.init_args.demo_seed", "1",
                  "--data.init_args.demo_spacing", "4.0", "--data.init_args.spacing", "4.0",
+                 "--data.init_args.demo_modalities", json.dumps(pool_sequences(args.unseen)),
                  "--data.init_args.crop_size", "32", "--data.init_args.crop_step", "8",
                  "--data.init_args.val_fraction", "0.05",
                  "--data.init_args.num_workers", "0", "--data.init_args.augment", "false"]
@@ -181,18 +197,18 @@ def main(argv: list[str] | None = None) -> int:
                  "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
     seg = ["finetune/seg_demo.yaml", *net]
     unet = ["finetune/unet_baseline.yaml", "compare/unet_32.yaml"]
-    unet_channels = ["--model.init_args.modalities", UNET_CHANNELS]
+    unet_args = ["--model.init_args.modalities", unet_channels(args.unseen)]
     seg_stem = ["--model.init_args.head.init_args.stem", args.stem]
     records: list[dict[str, object]] = []
     for seed in args.seeds:
         for size, subjects in le.nested_subsets(LABELLED_POOL, args.sizes, seed).items():
             tag = f"n{size:02d}_seed{seed}"
             rows = le.split_manifest(labelled_rows, {"train": subjects, "val": VAL, "test": TEST},
-                                     rename={"FLAIR": UNSEEN})
+                                     rename=rename)
             manifest = le.write_manifest(rows, work / "manifests" / f"{tag}.csv")
             data = data_config(work / "manifests" / f"{tag}.yaml", manifest, cache)
             models = {"scratch": ("BrainFM (scratch)", seg, [*seg_stem]),
-                      "unet": ("U-Net (fixed channels)", unet, unet_channels)}
+                      "unet": ("U-Net (fixed channels)", unet, unet_args)}
             for variant, (name, _) in variants.items():
                 if variant == "pretrained" or size in args.ablation_sizes:
                     models[variant] = (name, seg,
@@ -210,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not (args.reuse and (out / "robustness_cases.csv").is_file()):
                     run(f"{stage}_evaluate", ["evaluate", "robustness", *config_args(configs), "--ckpt_path",
                                               str(checkpoint), "--out", str(out), "--max-missing", "1",
-                                              *evaluation_overrides(key, args.stem)])
+                                              *evaluation_overrides(key, args.stem, args.unseen)])
                 grouped = le.condition_cases(csv.DictReader((out / "robustness_cases.csv").open()))
                 records += [{"model": name, "n_labelled": size, "seed": seed, "condition": condition, "cases": cases}
                             for condition, cases in grouped.items()]
@@ -220,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_probe:
         data = data_config(work / "manifests" / "probe.yaml", le.write_manifest(
             le.split_manifest(labelled_rows, {"train": LABELLED_POOL, "val": VAL, "test": TEST},
-                              rename={"FLAIR": UNSEEN}), work / "manifests" / "probe.csv"), cache)
+                              rename=rename), work / "manifests" / "probe.csv"), cache)
         probe_rows = frozen_feature_probes([CONFIGS / "pretrain/quickstart.yaml", CONFIGS / net[0], data],
                                            checkpoints["pretrained"], args.seeds)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -237,12 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - start
     command = "python scripts/label_efficiency.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = [f"# Label efficiency on the SYNTHETIC demo data at 4 mm (test split: {len(TEST)} subjects)", "",
-              f"`{command.strip()}`: pool {args.pool} unlabelled subjects (T1, T2, PD), {args.pretrain_steps} "
+              f"`{command.strip()}`: pool {args.pool} unlabelled subjects ({', '.join(pool_sequences(args.unseen))}), "
+              f"{args.pretrain_steps} "
               f"pretraining steps, {args.steps} fine-tuning steps per segmenter (BrainFM stem `{args.stem}`), seeds "
               f"{args.seeds}; wall time {total / 60:.1f} min"
               + (" (this invocation; trainings and evaluations found under --work were reused)" if args.reuse else "")
               + ". Cells: mean ± sample std over seeds of each seed's mean "
-              "over the test sessions; FLAIR is shown as `" + UNSEEN + "`, never seen in pretraining.", ""]
+              f"over the test sessions; {args.unseen} is shown as `{unseen_name}`, never seen in pretraining.", ""]
     for metric, title in (("dice", "Dice"), ("hd95", "HD95 (mm)"), ("lesion_f1", "Lesion-wise F1")):
         report += [f"## {title}", "", le.markdown_table(summary, metric)]
     if probe_rows:

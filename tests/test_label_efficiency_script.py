@@ -25,22 +25,29 @@ def test_data_config_reads_the_split_manifest_at_4_mm(tmp_path):
     assert init["with_label"] is True and init["cache_dir"] == str(tmp_path / "cache")
 
 
-def test_the_unet_gets_the_same_channel_list_for_training_and_evaluation():
-    assert json.loads(script.UNET_CHANNELS) == ["T1", "T2", "PD", "T2-FLAIR-3D-SPACE"]
-    assert script.UNET_EVALUATE == ["--set", f"model.init_args.modalities={script.UNET_CHANNELS}"]
+@pytest.mark.parametrize(("unseen", "pool", "name"), [("PD", ["T1", "T2", "FLAIR"], "PD-TSE"),
+                                                     ("FLAIR", ["T1", "T2", "PD"], "T2-FLAIR-3D-SPACE")])
+def test_the_unseen_sequence_is_kept_out_of_the_pool_and_renamed_for_the_unet(unseen, pool, name):
+    from brainfm_lightning.data.demo import CONTRASTS
+
+    assert set(script.DEMO_SEQUENCES) == set(CONTRASTS) == set(script.UNSEEN_NAMES)
+    assert list(script.pool_sequences(unseen)) == pool
+    assert json.loads(script.unet_channels(unseen)) == [*pool, name]
+    assert script.evaluation_overrides("unet", "tokens", unseen) == [
+        "--set", f"model.init_args.modalities={script.unet_channels(unseen)}"]
 
 
 @pytest.mark.parametrize("model", ["scratch", "pretrained", "frozen_random", "no_cln"])
 def test_brainfm_segmenters_are_evaluated_with_the_stem_they_were_trained_with(model):
-    assert script.evaluation_overrides(model, "tokens") == ["--set", "model.init_args.head.init_args.stem=tokens"]
-    assert script.evaluation_overrides("unet", "tokens") == script.UNET_EVALUATE
+    assert script.evaluation_overrides(model, "tokens", "PD") == [
+        "--set", "model.init_args.head.init_args.stem=tokens"]
 
 
 def test_the_stem_override_builds_the_trained_segmenter():
     from brainfm_lightning.commands.config import build_from_configs
 
     configs = [str(script.CONFIGS / "finetune/seg_demo.yaml"), str(script.CONFIGS / "model/test.yaml")]
-    overrides = [tuple(script.evaluation_overrides("scratch", "per_sequence")[1].split("=", 1))]
+    overrides = [tuple(script.evaluation_overrides("scratch", "per_sequence", "PD")[1].split("=", 1))]
     module, _ = build_from_configs(configs, overrides)
     assert module.segmenter.stem == "per_sequence"
 

@@ -220,3 +220,18 @@ def test_ensure_refuses_foreign_folder(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         ensure_demo_dataset(tmp_path, **SMALL)
     assert (tmp_path / "mine.txt").exists()
+
+
+def test_demo_datamodule_builds_the_sequences_it_is_given_and_keeps_them(tmp_path: Path) -> None:
+    """``demo_modalities`` reaches the build, and preparing the data again does not rebuild it with all four."""
+    from data_modules import DemoDataModule
+
+    root = tmp_path / "pool"
+    data = DemoDataModule(root=str(root), n_subjects=3, demo_spacing=4.0, demo_modalities=["T1", "FLAIR"])
+    data.prepare_data()
+    data.prepare_data()
+    assert {r["modality"] for r in _rows(root / "manifest.csv")} == {"T1", "FLAIR", "seg"}
+    assert {m for s in data.sessions for m in s.modalities} <= {"T1", "FLAIR"}
+    for bad in (["T1", "DWI"], [], ["T1", "T1"]):
+        with pytest.raises(ValueError, match="demo_modalities"):
+            DemoDataModule(root=str(root), demo_modalities=bad)
