@@ -178,6 +178,48 @@ def test_each_window_is_told_where_its_centre_lies_from_the_volume_centre(shape)
             assert low == pytest.approx(0.0, abs=1e-5) and high == pytest.approx(0.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(37, 29, 41), (16, 20, 12), (50, 59, 48)])
+@pytest.mark.parametrize(("overlap", "phase"), [(0.5, (0.0, 0.0, 0.0)), (0.25, (3.0, -5.0, 8.5)), (0.3, (0, 0, 0))])
+def test_windows_on_the_lattice_lie_whole_patches_from_the_head_and_cover_the_volume(shape, overlap, phase):
+    """With ``lattice``, every window's place plus the volume's phase is a whole number of patches (to half a
+    voxel, where the centre falls between voxels), as the training crops on the patch lattice are; the windows
+    overlap by a whole number of patches and the stitched output equals one full pass of a pointwise network."""
+    torch.manual_seed(0)
+    images = torch.randn(1, 2, *shape)
+    network = nn.Conv3d(2, 2, kernel_size=1)
+    seen = []
+
+    def predictor(windows: torch.Tensor, places: torch.Tensor) -> torch.Tensor:
+        seen.append(places.clone())
+        return network(windows)
+
+    with torch.no_grad():
+        stitched = sliding_window_logits(images, predictor, (16, 16, 16), 2, overlap, lattice=(8, 8, 8), phase=phase)
+        full = network(images)
+    assert stitched.shape == full.shape
+    torch.testing.assert_close(stitched, full, rtol=1e-5, atol=1e-5)
+    places = torch.cat(seen) + torch.tensor(phase, dtype=torch.float32)
+    distance = (places / 8 - (places / 8).round()).abs() * 8  # voxels off the lattice
+    assert float(distance.max()) <= 0.5
+    interval = max(8, int(16 * (1 - overlap)) // 8 * 8)
+    for axis in range(3):  # neighbouring windows are whole patches apart, no more than MONAI's step
+        steps = places[:, axis].unique().diff()
+        assert bool(((steps % 8) == 0).all() and (steps > 0).all() and (steps <= interval).all())
+
+
+def test_windows_off_the_lattice_without_it():
+    """MONAI's own placement (no ``lattice``) puts windows at any phase: what ``sw_on_lattice`` fixes."""
+    seen = []
+
+    def predictor(windows: torch.Tensor, places: torch.Tensor) -> torch.Tensor:
+        seen.append(places.clone())
+        return torch.zeros(windows.shape[0], 2, *windows.shape[2:])
+
+    sliding_window_logits(torch.zeros(1, 1, 37, 29, 41), predictor, (16, 16, 16), 2, 0.5)
+    places = torch.cat(seen)
+    assert float(((places / 8 - (places / 8).round()).abs() * 8).max()) > 0.5
+
+
 def test_mirrored_passes_see_their_head_offset_negated_along_the_mirrored_axis():
     seen = []
 

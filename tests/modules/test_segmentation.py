@@ -134,7 +134,7 @@ def test_volumes_larger_than_the_crop_use_sliding_windows(pretrained):
 
 
 def test_each_window_gets_the_volumes_head_offset_plus_its_place_in_the_volume(monkeypatch):
-    module = segmenter(sw_batch_size=8, sw_overlap=0.5).eval()
+    module = segmenter(sw_batch_size=8, sw_overlap=0.5, sw_on_lattice=False).eval()
     seen = []
 
     def forward(images, embeddings, present, head_offset=None):
@@ -151,6 +151,27 @@ def test_each_window_gets_the_volumes_head_offset_plus_its_place_in_the_volume(m
     module.predict_logits(crop, module.modality_embeddings([["T1"], ["T1"]], like=crop), torch.ones(2, 1).bool(),
                           torch.tensor([[4.0, 0.0, 0.0], [0.0, -8.0, 0.0]]))
     assert [batch.tolist() for batch in seen] == [[[4.0, 0.0, 0.0], [0.0, -8.0, 0.0]]]
+
+
+def test_windows_on_the_lattice_sit_whole_patches_from_the_head_centre(monkeypatch):
+    """``sw_on_lattice`` (the default): the volume is padded so that every window's head offset is a multiple of
+    the patch size (16 here), as the training crops' are; the windows still cover the whole volume."""
+    module = segmenter(sw_batch_size=8, sw_overlap=0.5).eval()
+    assert module.net.patch_size == (16, 16, 16)
+    seen = []
+
+    def forward(images, embeddings, present, head_offset=None):
+        seen.append(head_offset)
+        return torch.ones(images.shape[0], 2, *images.shape[2:])
+
+    monkeypatch.setattr(module, "forward", forward)
+    images = torch.zeros(1, 1, 48, 32, 32)
+    logits = module.predict_logits(images, module.modality_embeddings([["T1"]], like=images),
+                                   torch.ones(1, 1).bool(), torch.tensor([[1.0, 2.0, 3.0]]))
+    offsets = torch.cat(seen)
+    assert logits.shape == (1, 2, 48, 32, 32) and torch.allclose(logits, torch.ones_like(logits))
+    assert [sorted(set(offsets[:, axis].tolist())) for axis in range(3)] == [[-16.0, 0.0, 16.0], [0.0, 16.0],
+                                                                             [0.0, 16.0]]
 
 
 def test_training_lowers_the_loss_and_evaluation_logs_metrics(pretrained, demo_manifest, tmp_path):

@@ -167,7 +167,8 @@ def segment_case(
             n = window.shape[0]
             return network(window, embeddings.expand(n, -1, -1), present.expand(n, -1), places)
 
-        return sliding_window_logits(volume, predictor, network.net.img_size, sw_batch_size, sw_overlap, "cpu")
+        return sliding_window_logits(volume, predictor, network.net.img_size, sw_batch_size, sw_overlap, "cpu",
+                                     lattice=network.net.patch_size)  # windows where the training crops lay
 
     probabilities = flip_averaged_probabilities(logits_of, images[None].to(device), flip_axes)[0]
     reference = scans[names[0]]

@@ -53,6 +53,8 @@ class SegmentationModule(SegmenterBase, TransferModule):
         sw_batch_size: Windows per forward pass of sliding-window inference.
         sw_overlap: Overlap of the sliding windows.
         sw_stitch_on_cpu: Accumulate sliding-window outputs on the CPU (bounded accelerator memory for whole heads).
+        sw_on_lattice: Place every window a whole number of patches from the head's centre, where the training
+            crops (``crop_step`` = patch size) lie; False: MONAI's placement, windows at any sub-patch phase.
         test_time_flips: Spatial axes (0: left-right on the RAS grid, 1, 2) whose mirrored inputs are also
             predicted at ``predict``, their softmax averaged with the plain pass (flip test-time augmentation).
         text_encoder: Embeds modality names absent from the table (``minilm``, ``biobert`` or a folder).
@@ -77,6 +79,7 @@ class SegmentationModule(SegmenterBase, TransferModule):
         sw_batch_size: int = 2,
         sw_overlap: float = 0.25,
         sw_stitch_on_cpu: bool = True,
+        sw_on_lattice: bool = True,
         test_time_flips: Sequence[int] = (),
         text_encoder: str = "minilm",
         modality_table: str | None = None,
@@ -109,7 +112,8 @@ class SegmentationModule(SegmenterBase, TransferModule):
     ) -> torch.Tensor:
         """Logits of volumes of any size: one pass for a crop, MONAI sliding windows (Gaussian blend) otherwise.
 
-        Each window's ``head_offset`` is the volume's plus the window's place in it.
+        Each window's ``head_offset`` is the volume's plus the window's place in it; with ``sw_on_lattice`` every
+        window's lies on the patch lattice.
         """
         if tuple(images.shape[2:]) == tuple(self.net.img_size):
             return self(images, modality_embeddings, present, head_offset)
@@ -123,5 +127,7 @@ class SegmentationModule(SegmenterBase, TransferModule):
                 return self(window, modality_embeddings[row:row + 1].expand(n, -1, -1),
                             present[row:row + 1].expand(n, -1), head_offset[row:row + 1].to(places) + places)
 
-            rows.append(self._sliding_window(images[i:i + 1], predictor, self.net.img_size))
+            lattice = self.net.patch_size if self.hparams.get("sw_on_lattice", True) else None
+            rows.append(self._sliding_window(images[i:i + 1], predictor, self.net.img_size, lattice,
+                                             head_offset[i].tolist()))
         return torch.cat(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,18 @@ def sliding_window_logits(
     sw_batch_size: int = 2,
     overlap: float = 0.25,
     stitch_device: torch.device | str | None = "cpu",
+    lattice: Sequence[int] | None = None,
+    phase: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """MONAI sliding windows with a Gaussian blend over a volume of any size (padded where smaller than a window).
 
     Windows run where ``images`` lie; the blended output is accumulated on ``stitch_device`` (the CPU by default,
     so a 1 mm whole head does not hold its full-size logits and weight maps on the accelerator).
+
+    With ``lattice`` (a patch size), every window lies a whole number of patches from the volume's centre, as the
+    training crops of ``crop_step`` = patch size do (README, "Positions"): the volume is zero-padded so that it
+    is (with each scan's minimum, as crops are padded), and the step between windows is ``roi * (1 - overlap)``
+    rounded down to whole patches (at least one).
 
     Args:
         images: ``[B, C, *S]``.
@@ -46,22 +54,48 @@ def sliding_window_logits(
         sw_batch_size: Windows per call of ``predictor``.
         overlap: Fraction by which neighbouring windows overlap.
         stitch_device: Where the output is accumulated; ``None``: the device of ``images``.
+        lattice: Patch size per axis to align the windows to; ``None``: MONAI's placement.
+        phase: The volume's own offset from the head's centre in voxels (its ``head_offset``), so that
+            ``phase + place`` is on the lattice; ``None``: zero.
 
     Returns:
         Logits ``[B, K, *S]`` on ``stitch_device``.
     """
     roi = torch.tensor(roi_size, dtype=torch.float32)
-    centre = torch.tensor([max(n, r) for n, r in zip(images.shape[2:], roi_size, strict=True)]) / 2
+    size = list(images.shape[2:])
+    before = [0] * len(size)
+    padded = [max(n, r) for n, r in zip(size, roi_size, strict=True)]  # MONAI pads evenly up to a window
+    overlaps: float | list[float] = overlap
+    if lattice is not None:
+        phase = [0.0] * len(size) if phase is None else [float(p) for p in phase]
+        overlaps = []
+        for axis, (n, r, step) in enumerate(zip(size, roi_size, lattice, strict=True)):
+            # the first window's centre, r/2 - before voxels from the volume's start, must sit on the lattice
+            before[axis] = int(round(phase[axis] + r / 2 - n / 2)) % step
+            padded[axis] = r + step * math.ceil(max(n + before[axis] - r, 0) / step)
+            interval = max(step, int(r * (1 - overlap)) // step * step)
+            overlaps.append(1.0 - (interval + 0.5) / r)  # int(r * (1 - o)) == interval, whatever the rounding
+        # padded with each scan's minimum, the region outside the head, as the data pads its crops
+        fill = images.flatten(2).amin(2)[(..., *[None] * len(size))]
+        canvas = fill.expand(*images.shape[:2], *padded).clone()
+        canvas[(..., *(slice(b, b + n) for b, n in zip(before, size, strict=True)))] = images
+        images = canvas
+    # a place is the window's centre minus the volume's centre, in the coordinates of MONAI's slices
+    centre = torch.tensor(padded, dtype=torch.float32) / 2 if lattice is None else \
+        torch.tensor(before, dtype=torch.float32) + torch.tensor(size, dtype=torch.float32) / 2
 
     def placed(windows: torch.Tensor, slices: Sequence[Sequence[slice]]) -> torch.Tensor:
-        # MONAI's slices of the (evenly padded, where smaller than a window) volume: [batch, channel, *spatial]
+        # slices: [batch, channel, *spatial] of MONAI's (evenly padded, where smaller than a window) volume
         starts = torch.tensor([[s.start for s in window[2:]] for window in slices], dtype=torch.float32)
         return predictor(windows, (starts + roi / 2 - centre).to(windows.device))
 
-    return sliding_window_inference(images, tuple(roi_size), sw_batch_size, placed, overlap=overlap,
-                                    mode="gaussian", sw_device=images.device,
-                                    device=images.device if stitch_device is None else stitch_device,
-                                    with_coord=True)
+    logits = sliding_window_inference(images, tuple(roi_size), sw_batch_size, placed, overlap=overlaps,
+                                      mode="gaussian", sw_device=images.device,
+                                      device=images.device if stitch_device is None else stitch_device,
+                                      with_coord=True)
+    if lattice is None:
+        return logits
+    return logits[(..., *(slice(b, b + n) for b, n in zip(before, size, strict=True)))]
 
 
 def flip_averaged_probabilities(
@@ -157,10 +191,12 @@ class SegmenterBase(SkippedBatchMixin):
                 rank_zero_warn("HD95 is in voxels: set data.spacing or model.voxel_spacing to report millimetres")
             self.spacing = spacing or 1.0
 
-    def _sliding_window(self, images: torch.Tensor, predictor: Callable, roi_size: Sequence[int]) -> torch.Tensor:
+    def _sliding_window(self, images: torch.Tensor, predictor: Callable, roi_size: Sequence[int],
+                        lattice: Sequence[int] | None = None, phase: Sequence[float] | None = None) -> torch.Tensor:
         hp = self.hparams
         stitch = "cpu" if hp.get("sw_stitch_on_cpu", True) else None
-        return sliding_window_logits(images, predictor, roi_size, hp.sw_batch_size, hp.sw_overlap, stitch)
+        return sliding_window_logits(images, predictor, roi_size, hp.sw_batch_size, hp.sw_overlap, stitch,
+                                     lattice, phase)
 
     def predict_probabilities(
         self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
