@@ -14,7 +14,7 @@ def segmenter(stem: str, patch_size: int = 16, seed: int = 0) -> ModalityUNETR:
                          stem=stem).eval()
 
 
-@pytest.mark.parametrize("stem", ["mean", "per_sequence", "tokens"])
+@pytest.mark.parametrize("stem", ["mean", "per_sequence", "conditioned", "tokens"])
 @pytest.mark.parametrize("patch_size", [8, 16])
 def test_every_stem_gives_full_resolution_logits_and_trains_every_head_weight(stem, patch_size):
     model = segmenter(stem, patch_size).train()
@@ -29,7 +29,7 @@ def test_every_stem_gives_full_resolution_logits_and_trains_every_head_weight(st
     assert (model.decoder.stem is None) == (stem == "tokens")
 
 
-@pytest.mark.parametrize("stem", ["mean", "per_sequence", "tokens"])
+@pytest.mark.parametrize("stem", ["mean", "per_sequence", "conditioned", "tokens"])
 def test_only_the_tokens_stem_sees_the_images_through_the_encoder_alone(stem):
     """With patch and modality projections zeroed the tokens ignore the images: so must the ``tokens`` head."""
     model = segmenter(stem)
@@ -60,11 +60,51 @@ def test_per_sequence_stem_is_the_mean_of_the_stem_on_each_present_sequence():
     torch.testing.assert_close(fused, expected)
 
 
+def test_conditioned_stem_scales_and_shifts_each_sequence_by_its_embedding_before_the_mean():
+    """FiLM against a direct float64 computation: ``mean_m(stem(x_m) * (1 + a(e_m)) + b(e_m))`` over present m."""
+    model = segmenter("conditioned").double()
+    images, embeddings, present = random_inputs(model.net, [[1, 0, 1], [0, 1, 0]])
+    images, embeddings = images.double(), embeddings.double()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.stem_film.weight, std=0.2)
+        torch.nn.init.normal_(model.stem_film.bias, std=0.2)
+        film = model.stem_film(embeddings)
+        fused = model.decoder._per_slot_stem(images, present, film)
+        f = model.feature_size
+
+        def modulated(b: int, m: int) -> torch.Tensor:
+            features = model.decoder.stem(images[b, m][None, None])[0]
+            scale, shift = film[b, m, :f], film[b, m, f:]
+            return features * (1 + scale[:, None, None, None]) + shift[:, None, None, None]
+
+        expected = torch.stack([(modulated(0, 0) + modulated(0, 2)) / 2, modulated(1, 1)])
+    torch.testing.assert_close(fused, expected)
+
+
+def test_conditioned_stem_starts_as_per_sequence_and_then_reads_the_names():
+    """Zero-initialised FiLM: the same logits as ``per_sequence`` with the same weights; once trained away from
+    zero, renaming the sequences changes the output (``per_sequence`` cannot tell them apart in its image path)."""
+    plain, conditioned = segmenter("per_sequence"), segmenter("conditioned")
+    conditioned.load_state_dict(plain.state_dict(), strict=False)
+    images, embeddings, present = random_inputs(plain.net, [[1, 1, 0]])
+    with torch.no_grad():
+        torch.testing.assert_close(conditioned(images, embeddings, present), plain(images, embeddings, present))
+        torch.nn.init.normal_(conditioned.stem_film.weight, std=0.5)
+        swapped = embeddings[:, [1, 0, 2]]
+        full_res = conditioned.decoder._per_slot_stem(images, present, conditioned.stem_film(embeddings))
+        renamed = conditioned.decoder._per_slot_stem(images, present, conditioned.stem_film(swapped))
+        assert (full_res - renamed).abs().max() > 1e-3
+        torch.testing.assert_close(plain.decoder._per_slot_stem(images, present),
+                                   plain.decoder._per_slot_stem(images[:, [1, 0, 2]], present))
+
+
 def test_slot_order_does_not_matter_for_any_stem():
     images, embeddings, present = random_inputs(ModalityMAE.from_preset("test"), [[1, 1, 0]])
     order = [1, 0, 2]
-    for stem in ("mean", "per_sequence", "tokens"):
+    for stem in ("mean", "per_sequence", "conditioned", "tokens"):
         model = segmenter(stem)
+        if model.stem_film is not None:  # a FiLM that differs between the slots
+            torch.nn.init.normal_(model.stem_film.weight, std=0.1)
         with torch.no_grad():
             torch.testing.assert_close(model(images, embeddings, present),
                                        model(images[:, order], embeddings[:, order], present[:, order]),
@@ -87,9 +127,11 @@ def test_bad_stem_and_layer_count_are_named():
         ModalityUNETR(net, feature_layers=[1, 1, 2], stem="tokens")
 
 
-@pytest.mark.parametrize("stem", ["per_sequence", "tokens"])
+@pytest.mark.parametrize("stem", ["per_sequence", "conditioned", "tokens"])
 def test_exported_segmenter_keeps_its_stem(tmp_path, stem):
     model = segmenter(stem)
+    if model.stem_film is not None:
+        torch.nn.init.normal_(model.stem_film.weight, std=0.1)
     model.save_pretrained(tmp_path)
     loaded = ModalityUNETR.from_pretrained(tmp_path).eval()
     assert loaded.stem == stem

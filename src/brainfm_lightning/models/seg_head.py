@@ -88,8 +88,8 @@ def mean_over_present(images: torch.Tensor, present: torch.Tensor) -> torch.Tens
     return summed / is_present.sum(1, keepdim=True).clamp_min(1).to(images.dtype)
 
 
-Stem = Literal["mean", "per_sequence", "tokens"]
-STEMS: tuple[str, ...] = ("mean", "per_sequence", "tokens")
+Stem = Literal["mean", "per_sequence", "conditioned", "tokens"]
+STEMS: tuple[str, ...] = ("mean", "per_sequence", "conditioned", "tokens")
 
 
 class UNETRDecoder(nn.Module):
@@ -148,7 +148,7 @@ class UNETRDecoder(nn.Module):
         self.out = UnetOutBlock(spatial_dims=3, in_channels=feature_size, out_channels=num_classes)
 
     def forward(self, image: torch.Tensor | None, skips: Sequence[torch.Tensor], deepest: torch.Tensor,
-                present: torch.Tensor | None = None) -> torch.Tensor:
+                present: torch.Tensor | None = None, film: torch.Tensor | None = None) -> torch.Tensor:
         """Logits at full resolution.
 
         Args:
@@ -157,6 +157,8 @@ class UNETRDecoder(nn.Module):
             skips: Token volumes ``[B, D, *grid]``, shallow to deep: ``k - 1`` with a stem, ``k`` without.
             deepest: ``[B, D, *grid]``.
             present: Optional bool ``[B, M]``: the slots of ``image`` that hold a sequence.
+            film: Optional ``[B, M, 2 * feature_size]`` (with ``present``): each slot's stem features ``f`` become
+                ``f * (1 + scale) + shift`` before the mean, ``scale`` and ``shift`` being the two halves.
         """
         if len(skips) != len(self.skips):
             raise ValueError(f"expected {len(self.skips)} skip feature volumes, got {len(skips)}")
@@ -165,16 +167,23 @@ class UNETRDecoder(nn.Module):
                                                else "has no image stem: pass image=None"))
         features = [block(x) for block, x in zip(self.skips, skips, strict=True)]
         if self.stem is not None:
-            features.insert(0, self.stem(image) if present is None else self._per_slot_stem(image, present))
+            features.insert(0, self.stem(image) if present is None else self._per_slot_stem(image, present, film))
         x = deepest
         for s in reversed(range(self.levels)):
             x = self.ups[s](x, features[s])
         return self.out(x)
 
-    def _per_slot_stem(self, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """The stem on each present slot of ``images`` ``[B, M, *S]`` (padded slots are never computed), averaged."""
+    def _per_slot_stem(self, images: torch.Tensor, present: torch.Tensor,
+                       film: torch.Tensor | None = None) -> torch.Tensor:
+        """The stem on each present slot of ``images`` ``[B, M, *S]`` (padded slots are never computed), averaged.
+
+        With ``film`` ``[B, M, 2F]``, each slot's features are scaled and shifted by its row first.
+        """
         b = images.shape[0]
         features = self.stem(images[present].unsqueeze(1))  # [S, F, *S]
+        if film is not None:
+            scale, shift = film[present].reshape(*film[present].shape, *([1] * (features.dim() - 2))).chunk(2, 1)
+            features = features * (1.0 + scale) + shift
         session = torch.nonzero(present)[:, 0]
         summed = features.new_zeros(b, *features.shape[1:]).index_add_(0, session, features)
         counts = present.sum(1).clamp_min(1).to(features.dtype)
@@ -192,7 +201,11 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
     - ``mean``: UNETR's conv stem on the mean of the present z-scored sequences. Cheap, but the decoder can segment
       a lesion from this mean alone, past the encoder.
     - ``per_sequence``: one shared conv stem on each present sequence, then the mean of their features: the same
-      image path, fused after a non-linearity rather than before it.
+      image path, fused after a non-linearity rather than before it. The stem does not know which sequence it
+      reads, so a lesion dark on T1 and bright on FLAIR partly cancels in the mean.
+    - ``conditioned``: ``per_sequence`` with each sequence's stem features scaled and shifted (FiLM) by a linear
+      map of its modality embedding, zero at initialisation (so it starts as ``per_sequence``): the image path
+      knows each sequence's contrast by its name, as the encoder does through Conditional LayerNorm.
     - ``tokens``: no image path; the full-resolution features are encoder tokens (of the shallowest skip depth)
       brought up by transposed convolutions, so every feature went through the encoder.
 
@@ -203,7 +216,7 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
         feature_layers: Encoder depths of the token skips, shallow to deep (default: evenly spaced, as UNETR's
             3, 6, 9 of 12): ``k - 1`` of them for ``k = log2(patch)`` levels, ``k`` with ``stem="tokens"``; the
             deepest features are always the encoder's normed output.
-        stem: ``mean``, ``per_sequence`` or ``tokens`` (above).
+        stem: ``mean``, ``per_sequence``, ``conditioned`` or ``tokens`` (above).
     """
 
     def __init__(
@@ -221,6 +234,11 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
         self.num_classes, self.feature_size, self.stem = num_classes, feature_size, stem
         self.decoder = UNETRDecoder(net.config["embed_dim"], net.patch_size, num_classes,
                                     0 if stem == "tokens" else 1, feature_size)
+        self.stem_film = None
+        if stem == "conditioned":  # FiLM of the stem features by the modality embedding; identity at init
+            self.stem_film = nn.Linear(net.modality_dim, 2 * feature_size)
+            nn.init.zeros_(self.stem_film.weight)
+            nn.init.zeros_(self.stem_film.bias)
         depth, skips = net.config["depth"], len(self.decoder.skips)
         layers = (list(feature_layers) if feature_layers is not None
                   else [depth * s // (skips + 1) for s in range(1, skips + 1)])
@@ -242,4 +260,7 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
             return self.decoder(None, volumes[:-1], volumes[-1])
         if self.stem == "per_sequence":
             return self.decoder(images, volumes[:-1], volumes[-1], present=present)
+        if self.stem_film is not None:
+            film = self.stem_film(modality_embeddings.masked_fill(~present[..., None], 0.0))
+            return self.decoder(images, volumes[:-1], volumes[-1], present=present, film=film)
         return self.decoder(mean_over_present(images, present), volumes[:-1], volumes[-1])
