@@ -1,7 +1,8 @@
 """Does pretraining pay when labels are few? BrainFM pretrained vs scratch vs a U-Net at 2-16 labelled subjects.
 
-``make label-efficiency`` (``--quick`` for a smoke run of every stage). Everything is SYNTHETIC demo data at 4 mm,
-32^3 crops, the ``small`` preset with 8^3 patches (``configs/compare/brainfm_32.yaml``):
+``make label-efficiency`` (about an hour on 2 cores: sizes 2 and 8, 3 seeds; ``--full`` for the whole design, which
+takes hours; ``--quick`` for a smoke run of every stage). Everything is SYNTHETIC demo data at 4 mm, 32^3 crops, the
+``small`` preset with 8^3 patches (``configs/compare/brainfm_32.yaml``):
 
 1. An unlabelled pretraining pool, ``data/demo_4mm_pool``: ``--pool`` subjects from another generator seed than the
    labelled set, with every demo sequence but ``--unseen`` (default PD: the pool holds T1, T2 and FLAIR).
@@ -13,10 +14,11 @@
    the model itself and each ``--ablations`` entry: ``no_cln`` Conditional LayerNorm frozen at its identity start,
    ``shuffled_names`` each session's sequence names permuted at random in every step, ``no_vicreg`` no
    variance/covariance terms).
-4. For every size and seed: ``brainfm fit`` of ``configs/finetune/seg_demo.yaml`` (``--steps`` steps) from each
-   pretrained variant and from scratch, and of ``configs/finetune/unet_baseline.yaml``; the last checkpoint goes
-   through ``brainfm evaluate robustness`` on the test split: whole volumes, scored in native space, with every
-   sequence and with each one missing. Ablations run at the sizes in ``--ablation-sizes``, with one more segmenter
+4. For every size and seed: ``brainfm fit`` of ``configs/finetune/seg_demo.yaml`` (``--steps`` steps, the
+   ``--stem`` full-resolution path, ``conditioned`` by default) from each pretrained variant and from scratch,
+   and of ``configs/finetune/unet_baseline.yaml``; the last checkpoint goes through ``brainfm evaluate
+   robustness`` on the test split: whole volumes, scored in native space, with every sequence and with each one
+   missing. Ablations run at the sizes in ``--ablation-sizes``, with one more segmenter
    there: a randomly initialised encoder kept frozen (does the encoder matter at all?).
 5. A linear probe (logistic / ridge regression) and 5-nearest-neighbours on frozen, mean-pooled encoder features of
    the pretrained and of randomly initialised encoders (one per seed): lesion presence and lesion volume, fitted on
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "label-efficiency", help="Tables and figure.")
     parser.add_argument("--work", type=Path, default=REPO / "runs/label-efficiency", help="Checkpoints and logs.")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16], help="Labelled training subjects.")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 8], help="Labelled training subjects.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds (>= 3 for a spread).")
     parser.add_argument("--pool", type=int, default=200, help="Unlabelled pretraining subjects.")
     parser.add_argument("--pretrain-steps", type=int, default=3000, help="Pretraining steps (batches of 4).")
@@ -146,21 +148,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unseen", default="PD", choices=list(DEMO_SEQUENCES),
                         help="The sequence kept out of the pretraining pool; the labelled set shows it under a new "
                              "name (PD: PD-TSE, FLAIR: T2-FLAIR-3D-SPACE, T1: T1-MPRAGE, T2: T2-TSE).")
-    parser.add_argument("--stem", default="per_sequence", choices=["mean", "per_sequence", "tokens"],
+    parser.add_argument("--stem", default="conditioned", choices=["mean", "per_sequence", "conditioned", "tokens"],
                         help="BrainFM segmenter's full-resolution path (ModalityUNETR's stem).")
-    parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS))
-    parser.add_argument("--ablation-sizes", type=int, nargs="*", default=[4],
+    parser.add_argument("--ablations", nargs="*", default=[], choices=list(ABLATIONS),
+                        help="Pretraining variants to pretrain and fine-tune too (default: none; each adds a "
+                             "pretraining and its fine-tunings at --ablation-sizes).")
+    parser.add_argument("--ablation-sizes", type=int, nargs="*", default=[8],
                         help="Sizes at which the ablations and the frozen random encoder are trained.")
     parser.add_argument("--no-probe", action="store_true", help="Skip the frozen-feature probes.")
     parser.add_argument("--only", nargs="+", default=None, metavar="MODEL",
                         choices=["pretrained", "scratch", "unet", "frozen_random", *ABLATIONS],
                         help="Train and evaluate only these segmenters (e.g. to split a run over processes; a "
                              "later --reuse run without --only reads every result).")
+    parser.add_argument("--full", action="store_true",
+                        help="The whole design (hours on 2 cores): sizes 2 4 8 16 and every ablation at sizes 4 "
+                             "and 8. The default (sizes 2 and 8, no ablation) takes about an hour.")
     parser.add_argument("--quick", action="store_true",
                         help="Every stage once, tiny (a smoke run of about 10 minutes, no figure to read): pool 24, "
                              "40 pretraining and 10 fine-tuning steps, 2 labelled subjects, seed 0.")
     parser.add_argument("--reuse", action="store_true", help="Skip trainings whose last.ckpt exists.")
     args = parser.parse_args(argv)
+    if args.full:
+        args.sizes, args.ablations, args.ablation_sizes = [2, 4, 8, 16], list(ABLATIONS), [4, 8]
     if args.quick:
         args.pool, args.pretrain_steps, args.steps, args.sizes, args.ablation_sizes = 24, 40, 10, [2], [2]
         args.seeds = [0]
