@@ -41,9 +41,9 @@ def sliding_window_logits(
     so a 1 mm whole head does not hold its full-size logits and weight maps on the accelerator).
 
     With ``lattice`` (a patch size), every window lies a whole number of patches from the volume's centre, as the
-    training crops of ``crop_step`` = patch size do (README, "Positions"): the volume is zero-padded so that it
-    is (with each scan's minimum, as crops are padded), and the step between windows is ``roi * (1 - overlap)``
-    rounded down to whole patches (at least one).
+    training crops of ``crop_step`` = patch size do (README, "Positions"): the volume is padded (with each scan's
+    minimum, as crops are padded) so that it is, and the step between windows is ``roi * (1 - overlap)`` rounded
+    down to whole patches (at least one).
 
     Args:
         images: ``[B, C, *S]``.
