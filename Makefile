@@ -52,9 +52,10 @@ compare: install
 	$(PY) scripts/compare.py $(COMPARE_ARGS)
 
 # Label efficiency (scripts/label_efficiency.py): BrainFM pretrained on 200 unlabelled SYNTHETIC sessions vs scratch vs
-# a U-Net at 2-16 labelled subjects, 3 seeds, every sequence and each one missing, ablations and frozen-feature probes;
-# writes label-efficiency/results.md, .csv and label_efficiency.png. The full design takes hours on 2 CPU cores
-# (docs/label_efficiency.md: the subset that was run and its time); LE_ARGS="--quick" runs every stage in minutes.
+# a U-Net (and a frozen random encoder at N = 8) at 2 and 8 labelled subjects, 3 seeds, every sequence and each one
+# missing, and frozen-feature probes; writes label-efficiency/results.md, .csv and label_efficiency.png in about an
+# hour on 2 CPU cores. LE_ARGS="--full" adds N = 4 and 16 and every ablation (hours); LE_ARGS="--quick" runs every
+# stage in minutes.
 label-efficiency: install
 	$(PY) scripts/label_efficiency.py $(LE_ARGS)
 
