@@ -1,6 +1,6 @@
 """End to end: the steady-state ``brainfm fit`` step against the bare model step on the same batch shapes.
 
-Runs ``brainfm fit`` with a shipped config (the quickstart by default: demo data, prepared cache, device
+Runs ``brainfm fit`` with a shipped config (the quickstart by default: demo data, prepared cache, no
 augmentation, the config's workers and checkpoints; validation off) for ``--steps`` optimizer steps and reads each
 batch's data wait and compute time from :class:`~brainfm_lightning.callbacks.LoopTiming`. Interleaved with the fit
 (after every third batch) it times the bare training step (forward, the three losses, backward, fused AdamW; no
@@ -8,7 +8,8 @@ loader, no Lightning) of a twin network on a random batch with the modality coun
 prints ``mean bare / mean fit``: 1.0 means the loop costs nothing over the network. Interleaving puts both under
 the same conditions (workers alive, the machine's load of the moment); a batch that follows a probe is left out of
 the fit's figures, since the probe sits in its data wait. Variants (``--variants``) rerun the fit with one setting
-changed, e.g. augmentation off or in the workers, so their cost is measured side by side. Where workers augment
+changed, e.g. device augmentation on (``augment_on_device``) or in the workers, so their cost is measured side by
+side. Where workers augment
 (``augment_in_collate``, ``torchio_in_workers``) they keep computing during the probe too, so on a machine with few
 cores their ratio understates what they cost: compare those variants by ``fit ms``.
 
@@ -40,8 +41,9 @@ from brainfm_lightning.models import ModalityMAE  # noqa: E402
 VARIANTS = {
     "shipped": [],
     "no_augmentation": ["--data.augment", "false"],
-    "augment_in_collate": ["--data.augment_on", "collate"],
-    "torchio_in_workers": ["--data.augment_on", "workers"],
+    "augment_on_device": ["--data.augment", "true"],
+    "augment_in_collate": ["--data.augment", "true", "--data.augment_on", "collate"],
+    "torchio_in_workers": ["--data.augment", "true", "--data.augment_on", "workers"],
     "no_workers": ["--data.num_workers", "0"],
 }
 

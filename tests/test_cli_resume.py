@@ -1,9 +1,10 @@
 """Exact resume through ``brainfm fit``: killed with SIGKILL after a checkpoint, resumed with ``--ckpt_path``.
 
-The quickstart preset as shipped (its checkpoint callbacks, device augmentation, a worker process, the prepared
-cache) on the tiny demo set: 5 training sessions in batches of 2, so 3 steps an epoch and 6 in two epochs. The run
-that is killed is a subprocess (a real SIGKILL; a hang fails on the timeout); the uninterrupted and the resumed runs
-call the CLI's entry point in this process, which spares each the ~15 s of imports of a new one.
+The quickstart preset as shipped (its checkpoint callbacks, a worker process, the prepared cache), with its device
+augmentation switched on, on the tiny demo set: 5 training sessions in batches of 2, so 3 steps an epoch and 6 in
+two epochs. The run that is killed is a subprocess (a real SIGKILL; a hang fails on the timeout); the uninterrupted
+and the resumed runs call the CLI's entry point in this process, which spares each the ~15 s of imports of a new
+one.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def fit_args(folder: Path, demo_root: Path, every: Path, *extra: str) -> list[st
     return ["fit", "--config", str(CONFIGS / "pretrain/quickstart.yaml"), "--config", str(CONFIGS / "model/test.yaml"),
                "--config", str(every), "--data.root", str(demo_root), "--data.n_subjects", "6",
                "--data.demo_spacing", "4.0", "--data.num_workers", "1", "--data.batch_size", "2",
+               "--data.augment", "true",  # the shipped device augmentation, off in the quickstart, on here
                "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
                "--trainer.default_root_dir", str(folder), *extra]
 
