@@ -136,6 +136,7 @@ def data_config(path: Path, manifest: Path, cache: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     from brainfm_lightning.evaluation import label_efficiency as le
+    from brainfm_lightning.models.seg_head import STEMS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "label-efficiency", help="Tables and figure.")
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unseen", default="PD", choices=list(DEMO_SEQUENCES),
                         help="The sequence kept out of the pretraining pool; the labelled set shows it under a new "
                              "name (PD: PD-TSE, FLAIR: T2-FLAIR-3D-SPACE, T1: T1-MPRAGE, T2: T2-TSE).")
-    parser.add_argument("--stem", default="conditioned", choices=["mean", "per_sequence", "conditioned", "tokens"],
+    parser.add_argument("--stem", default="conditioned", choices=STEMS,
                         help="BrainFM segmenter's full-resolution path (ModalityUNETR's stem).")
     parser.add_argument("--ablations", nargs="*", default=[], choices=list(ABLATIONS),
                         help="Pretraining variants to pretrain and fine-tune too (default: none; each adds a "

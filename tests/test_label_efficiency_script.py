@@ -55,7 +55,11 @@ def test_the_stem_override_builds_the_trained_segmenter():
 def test_help_and_bad_values(capsys):
     with pytest.raises(SystemExit) as done:
         script.main(["--help"])
-    assert done.value.code == 0 and "--ablation-sizes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    from brainfm_lightning.models.seg_head import STEMS
+
+    assert done.value.code == 0 and "--ablation-sizes" in out
+    assert "--stem {" + ",".join(STEMS) + "}" in out  # every segmenter stem, as ModalityUNETR lists them
     with pytest.raises(SystemExit) as bad:
         script.main(["--steps", "0"])
     assert bad.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
