@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Sizes at which the ablations and the frozen random encoder are trained.")
     parser.add_argument("--no-probe", action="store_true", help="Skip the frozen-feature probes.")
     parser.add_argument("--only", nargs="+", default=None, metavar="MODEL",
-                        choices=["pretrained", "scratch", "unet", "frozen_random", *ABLATIONS],
+                        choices=["pretrained", "scratch", "unet", "frozen_random", "frozen_pretrained", *ABLATIONS],
                         help="Train and evaluate only these segmenters (e.g. to split a run over processes; a "
                              "later --reuse run without --only reads every result).")
     parser.add_argument("--full", action="store_true",
@@ -223,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                 if variant == "pretrained" or size in args.ablation_sizes:
                     models[variant] = (name, seg,
                                        [*seg_stem, "--model.init_args.pretrained", str(checkpoints[variant])])
-            if size in args.ablation_sizes:  # does the encoder matter at all? a random one, frozen
-                models["frozen_random"] = ("BrainFM (frozen random encoder)", seg,
-                                           [*seg_stem, "--model.init_args.freeze_encoder", "full"])
+            if size in args.ablation_sizes:  # do the encoder's features matter? pretrained and random, frozen
+                frozen = [*seg_stem, "--model.init_args.freeze_encoder", "full"]
+                models["frozen_random"] = ("BrainFM (frozen random encoder)", seg, frozen)
+                pretrained = ["--model.init_args.pretrained", str(checkpoints["pretrained"])]
+                models["frozen_pretrained"] = ("BrainFM (frozen pretrained encoder)", seg, [*frozen, *pretrained])
             for key, (name, configs, extra) in models.items():
                 if args.only and key not in args.only:
                     continue

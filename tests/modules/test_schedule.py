@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from brainfm_lightning.models import ModalityMAE
-from brainfm_lightning.modules.schedule import no_decay, parameter_groups, warmup_steps
+from brainfm_lightning.modules.schedule import cosine_with_warmup, no_decay, parameter_groups, warmup_steps
 
 
 def test_fractions_floor_the_written_fraction_of_all_steps_in_float64():
@@ -44,3 +44,27 @@ def test_frozen_parameters_are_left_out():
     layer.bias.requires_grad_(False)
     decayed, skipped = parameter_groups(layer, 0.1)
     assert decayed["params"] == [layer.weight] and skipped["params"] == []
+
+
+def test_delayed_groups_wait_at_zero_then_ramp_to_the_common_schedule():
+    total, warm, delay, ratio = 20, 4, 6, 0.1
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    optimizer = torch.optim.SGD([{"params": [params[0]]}, {"params": [params[1]]}], lr=2.0)
+    scheduler = cosine_with_warmup(optimizer, total, warm, ratio, delays=[0, delay])
+    seen = []
+    for _ in range(total):
+        seen.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    steps = np.arange(total, dtype=np.float64)
+    common = np.where(steps < warm, (steps + 1) / warm, ratio + (1 - ratio) * 0.5 * (
+        1 + np.cos(np.pi * np.clip((steps - warm) / (total - warm), 0, 1))))
+    late = np.where(steps < delay, 0.0, np.minimum(1.0, (steps - delay + 1) / warm) * common)
+    np.testing.assert_allclose(np.array(seen), 2.0 * np.stack([common, late], axis=1), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("delays", [[0], [0, -1], [0, 1, 2]])
+def test_delays_must_be_one_count_per_group(delays):
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(2)]
+    with pytest.raises(ValueError, match="delays must give a step count >= 0 for each of the 2"):
+        cosine_with_warmup(torch.optim.SGD(groups, lr=1.0), 10, 2, delays=delays)

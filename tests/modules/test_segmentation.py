@@ -216,6 +216,23 @@ def test_layer_decay_scales_learning_rates_by_depth():
     assert scale_of[id(named["segmenter.decoder.out.conv.conv.weight"])] == 1.0
 
 
+@pytest.mark.parametrize(("head_only", "encoder_moves"), [(4, False), (3, True), (0.5, True)])
+def test_head_only_steps_hold_the_encoder_still_then_let_it_learn(pretrained, demo_manifest, tmp_path, head_only,
+                                                                   encoder_moves):
+    torch.manual_seed(0)
+    module = segmenter(pretrained=str(pretrained[0]), optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
+                       warmup_steps=0, head_only_steps=head_only)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer(tmp_path, max_steps=4, overfit_batches=1, limit_val_batches=0).fit(
+        module, datamodule=datamodule(demo_manifest, batch_size=1))
+    moved = {k for k, v in module.state_dict().items() if not torch.equal(v, before[k])}
+    head = {k for k in moved if not k.startswith("segmenter.net.")}
+    encoder = {k for k in moved if k.startswith("segmenter.net.encoder.")}
+    assert "segmenter.decoder.out.conv.conv.weight" in head
+    # 4 of 4 steps: the encoder's rate is zero throughout (no decay either); 3 or 0.5 of 4: it joins at the 4th or 3rd
+    assert bool(encoder) is encoder_moves
+
+
 def test_the_injected_head_is_the_network_and_sets_the_classes():
     module = segmenter(num_classes=3)
     assert isinstance(module.segmenter, ModalityUNETR) and module.net is module.segmenter.net
@@ -236,7 +253,8 @@ def test_a_config_builds_the_head_it_names_with_its_init_args():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [(dict(num_classes=1), "num_classes must be >= 2"), (dict(freeze_encoder="half"), "freeze_encoder must be"),
-     (dict(layer_decay=0.0), "layer_decay must lie in"), (dict(pretrained="nowhere.ckpt"), "nowhere.ckpt")],
+     (dict(layer_decay=0.0), "layer_decay must lie in"), (dict(pretrained="nowhere.ckpt"), "nowhere.ckpt"),
+     (dict(head_only_steps=-1), "head_only_steps must be >= 0")],
 )
 def test_bad_arguments_fail_naming_the_value(kwargs, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):

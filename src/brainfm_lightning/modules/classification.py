@@ -86,6 +86,9 @@ class ClassificationModule(TransferModule):
         weight_decay: Weight decay of weights (not biases, norms, embeddings).
         warmup_steps: Learning-rate warm-up, in steps (>= 1) or as a fraction of all steps (< 1).
         min_lr_ratio: Final learning rate of the cosine schedule over the peak.
+        head_only_steps: Steps (>= 1) or fraction of all steps (< 1) during which only the head learns: the
+            encoder's learning rate is zero, then rises over the warm-up length to the common schedule (linear
+            probing then fine-tuning, so a random head does not first pull the pretrained features apart).
         text_encoder: Embeds modality names absent from the table.
         modality_table: Optional precomputed table to start from.
         descriptions: Extra modality name -> text to embed.
@@ -107,6 +110,7 @@ class ClassificationModule(TransferModule):
         weight_decay: float = 0.05,
         warmup_steps: float = 0.05,
         min_lr_ratio: float = 0.0,
+        head_only_steps: float = 0.0,
         text_encoder: str = "minilm",
         modality_table: str | None = None,
         descriptions: Mapping[str, str] | None = None,
@@ -117,7 +121,7 @@ class ClassificationModule(TransferModule):
             raise ValueError(f"task must be 'binary', 'multiclass' or 'regression', got {task!r}")
         if task == "multiclass" and num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 for a multiclass task, got {num_classes}")
-        check_optimization(weight_decay, layer_decay, warmup_steps)
+        check_optimization(weight_decay, layer_decay, warmup_steps, head_only_steps)
         self.save_hyperparameters(ignore=injected_hparams_to_ignore())
         self.net = net
         self.head = head(net.config["embed_dim"], num_classes if task == "multiclass" else 1)

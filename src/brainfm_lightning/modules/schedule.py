@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
 
 
 def cosine_with_warmup(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0,
+    delays: Sequence[int] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR that rises linearly for ``warmup_steps`` and then follows a half cosine to ``min_lr_ratio``.
+
+    With ``delays``, group ``g``'s rate is zero for its first ``delays[g]`` steps and then rises linearly over
+    ``max(1, warmup_steps)`` steps to the common schedule (a head trained alone before the encoder joins).
 
     Args:
         optimizer: The optimizer whose learning rates are scaled.
         total_steps: Optimizer steps of the whole fit.
         warmup_steps: Steps of the linear warm-up (see :func:`warmup_steps` for fractions).
         min_lr_ratio: The final learning rate as a fraction of the peak.
+        delays: Steps each parameter group waits at a zero rate (one per group; ``None``: no group waits).
 
     Returns:
         The scheduler, to be stepped once per optimizer step.
 
     Raises:
-        ValueError: ``total_steps`` < 1.
+        ValueError: ``total_steps`` < 1, or ``delays`` not one non-negative count per group.
     """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
@@ -34,7 +40,19 @@ def cosine_with_warmup(
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if delays is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if len(delays) != len(optimizer.param_groups) or min(delays, default=0) < 0:
+        raise ValueError(f"delays must give a step count >= 0 for each of the {len(optimizer.param_groups)} "
+                         f"parameter groups, got {list(delays)}")
+    ramp = max(1, warmup_steps)
+
+    def delayed(delay: int) -> Callable[[int], float]:
+        if delay == 0:
+            return factor
+        return lambda step: 0.0 if step < delay else min(1.0, (step - delay + 1) / ramp) * factor(step)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [delayed(d) for d in delays])
 
 
 def warmup_steps(value: float, total: int) -> int:

@@ -49,6 +49,9 @@ class SegmentationModule(SegmenterBase, TransferModule):
         weight_decay: Weight decay of weights (not biases, norms, embeddings).
         warmup_steps: Learning-rate warm-up, in steps (>= 1) or as a fraction of all steps (< 1).
         min_lr_ratio: Final learning rate of the cosine schedule over the peak.
+        head_only_steps: Steps (>= 1) or fraction of all steps (< 1) during which only the head learns: the
+            encoder's learning rate is zero, then rises over the warm-up length to the common schedule (linear
+            probing then fine-tuning, so a random head does not first pull the pretrained features apart).
         voxel_spacing: Spacing in mm for HD95; ``None`` takes the datamodule's ``spacing`` (or 1, in voxels).
         sw_batch_size: Windows per forward pass of sliding-window inference.
         sw_overlap: Overlap of the sliding windows.
@@ -75,6 +78,7 @@ class SegmentationModule(SegmenterBase, TransferModule):
         weight_decay: float = 0.05,
         warmup_steps: float = 0.05,
         min_lr_ratio: float = 0.0,
+        head_only_steps: float = 0.0,
         voxel_spacing: float | Sequence[float] | None = None,
         sw_batch_size: int = 2,
         sw_overlap: float = 0.25,
@@ -88,7 +92,7 @@ class SegmentationModule(SegmenterBase, TransferModule):
     ) -> None:
         segmenter = head(net)
         super().__init__(segmenter.num_classes, voxel_spacing)
-        check_optimization(weight_decay, layer_decay, warmup_steps)
+        check_optimization(weight_decay, layer_decay, warmup_steps, head_only_steps)
         self.save_hyperparameters(ignore=injected_hparams_to_ignore())
         self.segmenter = segmenter
         self.optimizer_factory: Callable = optimizer

@@ -97,16 +97,20 @@ class TransferModule(SkippedBatchMixin, ModalityEmbeddingMixin):
     def parameter_groups(self, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
         """Groups with ``lr_scale = layer_decay ** (depth + 1 - layer)`` (BEiT/MAE fine-tuning).
 
+        ``encoder`` marks the groups of ``self.net``'s parameters (which ``head_only_steps`` holds back).
+
         No weight decay on biases, norms, positional embeddings and the CLN scale/shift maps, as in pretraining.
         """
         depth = len(self.net.encoder.blocks)
-        groups: dict[tuple[int, bool], dict[str, Any]] = {}
+        encoder = {id(p) for p in self.net.parameters()}
+        groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
         for name, param, layer in self._named_trainable():
-            is_exempt = no_decay(name, param)
-            if (layer, is_exempt) not in groups:
-                groups[layer, is_exempt] = {"params": [], "weight_decay": 0.0 if is_exempt else weight_decay,
-                                            "lr_scale": layer_decay ** (depth + 1 - layer)}
-            groups[layer, is_exempt]["params"].append(param)
+            is_exempt, in_encoder = no_decay(name, param), id(param) in encoder
+            key = (layer, is_exempt, in_encoder)
+            if key not in groups:
+                groups[key] = {"params": [], "weight_decay": 0.0 if is_exempt else weight_decay,
+                               "lr_scale": layer_decay ** (depth + 1 - layer), "encoder": in_encoder}
+            groups[key]["params"].append(param)
         return list(groups.values())
 
     @override
@@ -116,13 +120,18 @@ class TransferModule(SkippedBatchMixin, ModalityEmbeddingMixin):
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         total = stepping_batches(self.trainer)
-        scheduler = cosine_with_warmup(optimizer, total, warmup_steps(hp.warmup_steps, total), hp.min_lr_ratio)
+        head_only = warmup_steps(hp.get("head_only_steps", 0), total)
+        scheduler = cosine_with_warmup(optimizer, total, warmup_steps(hp.warmup_steps, total), hp.min_lr_ratio,
+                                       [head_only if group["encoder"] else 0 for group in optimizer.param_groups])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def check_optimization(weight_decay: float, layer_decay: float, warmup_steps: float) -> None:
+def check_optimization(weight_decay: float, layer_decay: float, warmup_steps: float,
+                       head_only_steps: float = 0.0) -> None:
     """Raise ``ValueError`` naming a bad optimisation argument."""
     if weight_decay < 0 or warmup_steps < 0:
         raise ValueError(f"weight_decay and warmup_steps must be >= 0, got {weight_decay}, {warmup_steps}")
+    if head_only_steps < 0:
+        raise ValueError(f"head_only_steps must be >= 0, got {head_only_steps}")
     if not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must lie in (0, 1], got {layer_decay}")
