@@ -8,8 +8,11 @@ takes hours; ``--quick`` for a smoke run of every stage). Everything is SYNTHETI
    labelled set, with every demo sequence but ``--unseen`` (default PD: the pool holds T1, T2 and FLAIR).
 2. The labelled set, ``data/demo_4mm`` (48 subjects): a fixed test split (``sub-037`` .. ``sub-048``), 4 validation
    subjects (``sub-033`` .. ``sub-036``) and a labelled pool of 32; each seed draws nested training sets of every
-   size in ``--sizes`` from it. The ``--unseen`` sequence appears here only, under a descriptive name
-   (``UNSEEN_NAMES``, e.g. PD as ``PD-TSE``): a sequence and a name the pretrained encoder never saw.
+   size in ``--sizes`` from it. ``--lesions heterotopia`` reads ``data/demo_4mm_heterotopia`` instead: the same
+   subjects and masks, with grey-matter nodules in the white matter in place of lesions that are outliers on every
+   sequence (the pool keeps its own lesions, unlabelled). The ``--unseen`` sequence appears here only, under a
+   descriptive name (``UNSEEN_NAMES``, e.g. PD as ``PD-TSE``): a sequence and a name the pretrained encoder never
+   saw.
 3. ``brainfm fit`` of ``configs/pretrain/quickstart.yaml`` on the pool for ``--pretrain-steps`` (once per variant:
    the model itself and each ``--ablations`` entry: ``no_cln`` Conditional LayerNorm frozen at its identity start,
    ``shuffled_names`` each session's sequence names permuted at random in every step, ``no_vicreg`` no
@@ -18,8 +21,8 @@ takes hours; ``--quick`` for a smoke run of every stage). Everything is SYNTHETI
    ``--stem`` full-resolution path, ``conditioned`` by default) from each pretrained variant and from scratch,
    and of ``configs/finetune/unet_baseline.yaml``; the last checkpoint goes through ``brainfm evaluate
    robustness`` on the test split: whole volumes, scored in native space, with every sequence and with each one
-   missing. Ablations run at the sizes in ``--ablation-sizes``, with one more segmenter
-   there: a randomly initialised encoder kept frozen (does the encoder matter at all?).
+   missing. Ablations run at the sizes in ``--ablation-sizes``, with two more segmenters there: the pretrained and
+   a randomly initialised encoder, each kept frozen (do the encoder's features matter?).
 5. A linear probe (logistic / ridge regression) and 5-nearest-neighbours on frozen, mean-pooled encoder features of
    the pretrained and of randomly initialised encoders (one per seed): lesion presence and lesion volume, fitted on
    the labelled pool and scored on the test split.
@@ -114,13 +117,18 @@ class Runner:
         return found[-1]
 
 
-def build_data(pool_subjects: int, unseen: str) -> tuple[Path, list[dict[str, str]]]:
+def labelled_root(lesions: str) -> Path:
+    """Folder of the labelled set with ``lesions`` (a ``LESION_KINDS`` entry)."""
+    return REPO / ("data/demo_4mm" if lesions == "ms" else f"data/demo_4mm_{lesions}")
+
+
+def build_data(pool_subjects: int, unseen: str, lesions: str = "ms") -> tuple[Path, list[dict[str, str]]]:
     """The pretraining pool and the labelled set (built on first use); returns the pool's root and labelled rows."""
     from brainfm_lightning.data.demo import ensure_demo_dataset
 
     pool = ensure_demo_dataset(REPO / "data/demo_4mm_pool", n_subjects=pool_subjects, seed=1, spacing=4.0,
                                modalities=pool_sequences(unseen)).parent
-    manifest = ensure_demo_dataset(REPO / "data/demo_4mm", n_subjects=48, seed=0, spacing=4.0)
+    manifest = ensure_demo_dataset(labelled_root(lesions), n_subjects=48, seed=0, spacing=4.0, lesions=lesions)
     rows = [dict(r) | {"path": str((manifest.parent / r["path"]).resolve())} for r in csv.DictReader(manifest.open())]
     return pool, rows
 
@@ -135,6 +143,7 @@ def data_config(path: Path, manifest: Path, cache: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from brainfm_lightning.data.demo import LESION_KINDS
     from brainfm_lightning.evaluation import label_efficiency as le
     from brainfm_lightning.models.seg_head import STEMS
 
@@ -149,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unseen", default="PD", choices=list(DEMO_SEQUENCES),
                         help="The sequence kept out of the pretraining pool; the labelled set shows it under a new "
                              "name (PD: PD-TSE, FLAIR: T2-FLAIR-3D-SPACE, T1: T1-MPRAGE, T2: T2-TSE).")
+    parser.add_argument("--lesions", default="ms", choices=LESION_KINDS,
+                        help="Lesions of the labelled set: ms (outliers on every sequence) or heterotopia (grey "
+                             "matter in the white matter: only its place is abnormal).")
     parser.add_argument("--stem", default="conditioned", choices=STEMS,
                         help="BrainFM segmenter's full-resolution path (ModalityUNETR's stem).")
     parser.add_argument("--ablations", nargs="*", default=[], choices=list(ABLATIONS),
@@ -181,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     work = args.work.resolve()
     run = Runner(work, args.reuse)
-    pool_root, labelled_rows = build_data(args.pool, args.unseen)
+    pool_root, labelled_rows = build_data(args.pool, args.unseen, args.lesions)
     unseen_name, rename = UNSEEN_NAMES[args.unseen], {args.unseen: UNSEEN_NAMES[args.unseen]}
-    cache = REPO / "data/demo_4mm-prepared"
+    cache = labelled_root(args.lesions).with_name(labelled_root(args.lesions).name + "-prepared")
     net = ["compare/brainfm_32.yaml"]
     pool_data = ["--data.class_path", "data_modules.DemoDataModule", "--data.init_args.root", str(pool_root),
                  "--data.init_args.n_subjects", str(args.pool), "--data.init_args.demo_seed", "1",
@@ -268,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
               f"`{command.strip()}`: pool {args.pool} unlabelled subjects ({', '.join(pool_sequences(args.unseen))}), "
               f"{args.pretrain_steps} "
               f"pretraining steps, {args.steps} fine-tuning steps per segmenter (BrainFM stem `{args.stem}`), seeds "
-              f"{args.seeds}; wall time {total / 60:.1f} min"
+              f"{args.seeds}; labelled lesions `{args.lesions}`; wall time {total / 60:.1f} min"
               + (" (this invocation; trainings and evaluations found under --work were reused)" if args.reuse else "")
               + ". Cells: mean ± sample std over seeds of each seed's mean "
               f"over the test sessions; {args.unseen} is shown as `{unseen_name}`, never seen in pretraining.", ""]

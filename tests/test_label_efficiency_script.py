@@ -60,6 +60,15 @@ def test_help_and_bad_values(capsys):
 
     assert done.value.code == 0 and "--ablation-sizes" in out
     assert "--stem {" + ",".join(STEMS) + "}" in out  # every segmenter stem, as ModalityUNETR lists them
+    assert "--lesions {ms,heterotopia}" in out
     with pytest.raises(SystemExit) as bad:
         script.main(["--steps", "0"])
     assert bad.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_each_lesion_kind_has_its_labelled_folder():
+    from brainfm_lightning.data.demo import LESION_KINDS
+
+    roots = {kind: script.labelled_root(kind) for kind in LESION_KINDS}
+    assert roots["ms"] == script.REPO / "data/demo_4mm"  # where every earlier run's labelled set lies
+    assert roots["heterotopia"] == script.REPO / "data/demo_4mm_heterotopia"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import threading
@@ -132,6 +133,30 @@ def test_lesions_show_on_every_sequence(tmp_path: Path) -> None:
     for modality, values in contrast.items():
         assert min(values) > 0.5, (modality, values, dict(contrast))
     assert np.mean(contrast["FLAIR"]) > np.mean(contrast["PD"])  # FLAIR stays the clearest against its neighbours
+
+
+def test_heterotopia_is_grey_matter_where_white_matter_belongs(manifest: Path, tmp_path: Path) -> None:
+    """Same subjects, masks and sequences as the default build; the lesion takes each image's grey-matter level."""
+    nodules = build_demo_dataset(tmp_path / "het", seed=0, lesions="heterotopia", **SMALL)
+    assert [(r["path"], r["lesion_volume_ml"]) for r in _rows(nodules)] == [
+        (r["path"], r["lesion_volume_ml"]) for r in _rows(manifest)]
+    assert json.loads((nodules.parent / "build.json").read_text())["lesions"] == "heterotopia"
+    assert "lesions" not in json.loads((manifest.parent / "build.json").read_text())  # older builds stay current
+    for session in _sessions(nodules):
+        lesion = np.asanyarray(nib.load(nodules.parent / session / "seg.nii.gz").dataobj)
+        assert np.array_equal(lesion, np.asanyarray(nib.load(manifest.parent / session / "seg.nii.gz").dataobj))
+    # the rule itself: pure lesion tissue gets the image's grey-matter level, where "ms" makes it an outlier
+    probs = np.zeros((4, 8, 8, 8), np.float32)
+    probs[1, :4], probs[3, 4:] = 1.0, 1.0  # grey matter | lesion
+    for name, contrast in demo.CONTRASTS.items():
+        image = demo._synthesize(probs, contrast, np.random.default_rng(7), "heterotopia")
+        grey, inside = image[:4].mean(), image[4:].mean()
+        assert abs(inside - grey) < 0.02 * grey, (name, inside, grey)
+        outlier = demo._synthesize(probs, contrast, np.random.default_rng(7), "ms")
+        assert np.array_equal(outlier[:4], image[:4])  # the same draws: only the lesion differs
+        assert abs(outlier[4:].mean() - grey) > 0.15 * grey, (name, outlier[4:].mean(), grey)
+    with pytest.raises(ValueError, match="unknown lesion kind 'tumour'"):
+        build_demo_dataset(tmp_path / "bad", lesions="tumour", **SMALL)
 
 
 def test_modality_subsets(manifest: Path) -> None:

@@ -36,6 +36,10 @@ CONTRASTS: dict[str, tuple[float, float, float, float]] = {
     "PD": (850.0, 750.0, 600.0, 1000.0),
     "FLAIR": (100.0, 600.0, 450.0, 1000.0),
 }
+# Lesion kinds. ``ms``: the CONTRASTS' lesion column, an outlier on every sequence. ``heterotopia``: nodules of grey
+# matter inside the white matter (grey-matter heterotopia), with the subject's grey-matter intensity on every
+# sequence; no voxel is unusual on its own, only grey matter where white matter belongs.
+LESION_KINDS = ("ms", "heterotopia")
 _TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 _MNI_ORIGIN = np.array([-98.0, -134.0, -72.0])  # world mm of voxel (0, 0, 0) in the 1 mm templates
 _README = """SYNTHETIC DATA - brainfm demo dataset. NOT real subjects, NOT for any clinical or scientific use.
@@ -114,9 +118,12 @@ def _lesions(wm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return lesion
 
 
-def _synthesize(probs: np.ndarray, contrast: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+def _synthesize(probs: np.ndarray, contrast: Sequence[float], rng: np.random.Generator,
+                lesions: str = "ms") -> np.ndarray:
     """Image from (4, X, Y, Z) [CSF, GM, WM, lesion] probabilities with jitter, bias field and Rician noise."""
     means = np.asarray(contrast) * rng.normal(1.0, 0.04, size=4) * rng.uniform(0.9, 1.1)
+    if lesions == "heterotopia":  # the same draws as "ms": only the lesion's intensity differs
+        means[3] = means[1]
     image = np.tensordot(means.astype(np.float32), probs, axes=1)  # background stays 0
     log_bias = _smooth_field(rng, image.shape, sd=1.0, grid=3, dim=1)[0]  # multiplicative, scaled to max ±10-20%
     image *= np.exp(log_bias * (rng.uniform(0.1, 0.2) / (np.abs(log_bias).max() + 1e-6)))
@@ -137,7 +144,7 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def _build_subject(out_dir: Path, k: int, template: np.ndarray, seed: int, spacing: float,
-                   modalities: Sequence[str]) -> list[list[Any]]:
+                   modalities: Sequence[str], lesions: str = "ms") -> list[list[Any]]:
     """Simulate and write subject ``k`` (0-based); returns its manifest rows."""
     # Per-subject (and per-subject-modality) seed sequences keep subject k independent of n_subjects.
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k,)))
@@ -153,20 +160,23 @@ def _build_subject(out_dir: Path, k: int, template: np.ndarray, seed: int, spaci
     _save(mask, demo_affine(spacing), session_dir / "seg.nii.gz")
     for name in (modalities[j] for j in present):
         key = (k, 1 + list(CONTRASTS).index(name))
-        image = _synthesize(probs, CONTRASTS[name], np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key)))
+        image = _synthesize(probs, CONTRASTS[name], np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key)),
+                            lesions)
         _save(image, demo_affine(spacing), session_dir / f"{name}.nii.gz")
     volume = f"{mask.sum() * spacing**3 / 1000.0:.3f}"
     return [[subject, "ses-01", name, f"{subject}/ses-01/{name}.nii.gz", volume, int(mask.any()), 1]
             for name in sorted([modalities[j] for j in present] + ["seg"])]
 
 
-def _params(n_subjects: int, seed: int, spacing: float, modalities: Sequence[str]) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, "n_subjects": int(n_subjects), "seed": int(seed),
-            "spacing": float(spacing), "modalities": list(modalities)}
+def _params(n_subjects: int, seed: int, spacing: float, modalities: Sequence[str], lesions: str) -> dict[str, Any]:
+    params = {"format_version": FORMAT_VERSION, "n_subjects": int(n_subjects), "seed": int(seed),
+              "spacing": float(spacing), "modalities": list(modalities)}
+    return params if lesions == "ms" else params | {"lesions": lesions}  # ms builds keep their build.json
 
 
 def build_demo_dataset(out_dir: str | Path, n_subjects: int = 24, seed: int = 0, spacing: float = 2.0,
-                       modalities: Sequence[str] = ("T1", "T2", "PD", "FLAIR"), overwrite: bool = False) -> Path:
+                       modalities: Sequence[str] = ("T1", "T2", "PD", "FLAIR"), overwrite: bool = False,
+                       lesions: str = "ms") -> Path:
     """Write the SYNTHETIC demo dataset (``sub-XXX/ses-01/<modality>.nii.gz`` + ``seg.nii.gz``) into ``out_dir``.
 
     Subject k only depends on ``seed`` and k (not on ``n_subjects``). Subject 1 always has every modality and
@@ -179,18 +189,22 @@ def build_demo_dataset(out_dir: str | Path, n_subjects: int = 24, seed: int = 0,
         spacing: Isotropic voxel size in mm.
         modalities: Modalities to simulate, a subset of ``CONTRASTS``.
         overwrite: Replace an existing demo dataset (its manifest, build.json, README and ``sub-*`` folders).
+        lesions: Lesion kind (``LESION_KINDS``): ``ms`` (outliers on every sequence) or ``heterotopia`` (grey
+            matter inside the white matter). With the same seed both kinds have the same subjects and masks.
 
     Returns:
         Path of the written manifest, ``out_dir / "manifest.csv"``.
 
     Raises:
-        ValueError: Unknown or repeated modality, ``n_subjects < 1`` or ``spacing <= 0``.
+        ValueError: Unknown or repeated modality, unknown lesion kind, ``n_subjects < 1`` or ``spacing <= 0``.
         FileExistsError: ``out_dir`` already holds a manifest and ``overwrite`` is False.
     """
     out_dir = Path(out_dir)
     unknown = [m for m in modalities if m not in CONTRASTS]
     if unknown or not modalities or len(set(modalities)) != len(modalities) or n_subjects < 1 or spacing <= 0:
         raise ValueError(f"bad demo parameters (unknown modalities {unknown}; supported: {list(CONTRASTS)})")
+    if lesions not in LESION_KINDS:
+        raise ValueError(f"unknown lesion kind {lesions!r}; supported: {list(LESION_KINDS)}")
     manifest = out_dir / "manifest.csv"
     if manifest.exists() and not overwrite:
         raise FileExistsError(f"{manifest} exists; pass overwrite=True to rebuild")
@@ -202,9 +216,11 @@ def build_demo_dataset(out_dir: str | Path, n_subjects: int = 24, seed: int = 0,
     template = load_tissue_maps(spacing)  # resampled once per build
     workers = min(n_subjects, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=min(workers, 8)) as pool:  # numpy/scipy/zlib release the GIL
-        jobs = [pool.submit(_build_subject, out_dir, k, template, seed, spacing, modalities) for k in range(n_subjects)]
+        jobs = [pool.submit(_build_subject, out_dir, k, template, seed, spacing, modalities, lesions)
+                for k in range(n_subjects)]
         rows = [row for job in jobs for row in job.result()]
-    (out_dir / "build.json").write_text(json.dumps(_params(n_subjects, seed, spacing, modalities), indent=2) + "\n")
+    params = _params(n_subjects, seed, spacing, modalities, lesions)
+    (out_dir / "build.json").write_text(json.dumps(params, indent=2) + "\n")
     with open(manifest, "w", newline="") as f:  # written last: a manifest means a complete dataset
         csv.writer(f).writerows([MANIFEST_COLUMNS, *rows])
     return manifest
@@ -226,7 +242,7 @@ def _is_demo_folder(out_dir: Path) -> bool:
 
 
 def ensure_demo_dataset(out_dir: str | Path, *, n_subjects: int = 24, seed: int = 0, spacing: float = 2.0,
-                        modalities: Sequence[str] = ("T1", "T2", "PD", "FLAIR")) -> Path:
+                        modalities: Sequence[str] = ("T1", "T2", "PD", "FLAIR"), lesions: str = "ms") -> Path:
     """Build the demo dataset unless ``out_dir`` already holds one with the same parameters (per build.json).
 
     Safe under concurrent calls: each caller builds into a temporary sibling folder and renames it into place; a
@@ -238,6 +254,7 @@ def ensure_demo_dataset(out_dir: str | Path, *, n_subjects: int = 24, seed: int 
         seed: As in :func:`build_demo_dataset`.
         spacing: As in :func:`build_demo_dataset`.
         modalities: As in :func:`build_demo_dataset`.
+        lesions: As in :func:`build_demo_dataset`.
 
     Returns:
         Path of the manifest, ``out_dir / "manifest.csv"``.
@@ -245,7 +262,7 @@ def ensure_demo_dataset(out_dir: str | Path, *, n_subjects: int = 24, seed: int 
     Raises:
         FileExistsError: ``out_dir`` holds something other than a demo dataset.
     """
-    out_dir, params = Path(out_dir), _params(n_subjects, seed, spacing, modalities)
+    out_dir, params = Path(out_dir), _params(n_subjects, seed, spacing, modalities, lesions)
     manifest = out_dir / "manifest.csv"
     if _is_current(out_dir, params):
         return manifest
@@ -254,7 +271,8 @@ def ensure_demo_dataset(out_dir: str | Path, *, n_subjects: int = 24, seed: int 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        build_demo_dataset(tmp, n_subjects=n_subjects, seed=seed, spacing=spacing, modalities=modalities)
+        build_demo_dataset(tmp, n_subjects=n_subjects, seed=seed, spacing=spacing, modalities=modalities,
+                           lesions=lesions)
         os.chmod(tmp, 0o755)  # mkdtemp folders are private
         for _ in range(5):
             if _is_current(out_dir, params):  # another process won the race
