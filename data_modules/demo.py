@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from brainfm_lightning.data import Session
-from brainfm_lightning.data.demo import CONTRASTS, ensure_demo_dataset
+from brainfm_lightning.data.demo import CONTRASTS, LESION_KINDS, ensure_demo_dataset
 from data_modules.manifest import ManifestDataModule
 
 
@@ -21,6 +21,8 @@ class DemoDataModule(ManifestDataModule):
         demo_spacing: Voxel spacing of the written volumes in mm.
         demo_modalities: Sequences to simulate (a subset of T1, T2, PD, FLAIR); each subject gets a random
             non-empty subset of them. ``None`` (default): all four.
+        demo_lesions: ``ms`` (default: outliers on every sequence) or ``heterotopia`` (grey-matter nodules in the
+            white matter, abnormal only by their place); the same subjects and masks either way.
         spacing: Preprocessing spacing in mm; ``None`` (default): ``demo_spacing``, the grid the data is written on.
         **kwargs: Everything :class:`ManifestDataModule` takes, except ``manifest``; with ``prepare_cache`` and no
             ``cache_dir``, the prepared cache lives next to the dataset, in ``<root>-prepared``.
@@ -33,6 +35,7 @@ class DemoDataModule(ManifestDataModule):
         demo_seed: int = 0,
         demo_spacing: float = 2.0,
         demo_modalities: list[str] | None = None,
+        demo_lesions: str = "ms",
         spacing: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -44,6 +47,10 @@ class DemoDataModule(ManifestDataModule):
                 raise ValueError(f"demo_modalities must be distinct names among {list(CONTRASTS)}, "
                                  f"got {list(demo_modalities)}")
             self.build_kwargs["modalities"] = tuple(demo_modalities)
+        if demo_lesions not in LESION_KINDS:
+            raise ValueError(f"demo_lesions must be one of {list(LESION_KINDS)}, got {demo_lesions!r}")
+        if demo_lesions != "ms":
+            self.build_kwargs["lesions"] = demo_lesions
         if kwargs.get("prepare_cache") and not kwargs.get("cache_dir"):
             kwargs["cache_dir"] = str(Path(root).with_name(f"{Path(root).name}-prepared"))
         super().__init__(manifest=str(Path(root) / "manifest.csv"), spacing=spacing or demo_spacing, **kwargs)

@@ -260,3 +260,20 @@ def test_demo_datamodule_builds_the_sequences_it_is_given_and_keeps_them(tmp_pat
     for bad in (["T1", "DWI"], [], ["T1", "T1"]):
         with pytest.raises(ValueError, match="demo_modalities"):
             DemoDataModule(root=str(root), demo_modalities=bad)
+    assert DemoDataModule(root=str(root), demo_lesions="heterotopia").build_kwargs["lesions"] == "heterotopia"
+    with pytest.raises(ValueError, match="demo_lesions must be one of .* got 'tumour'"):
+        DemoDataModule(root=str(root), demo_lesions="tumour")
+
+
+def test_the_demo_command_builds_either_lesion_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from brainfm_lightning.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["data", "demo", "--help"])
+    assert done.value.code == 0 and "--lesions {" + ",".join(demo.LESION_KINDS) + "}" in capsys.readouterr().out
+    assert main(["data", "demo", "--out", str(tmp_path / "het"), "--subjects", "2", "--spacing", "4",
+                 "--lesions", "heterotopia"]) == 0
+    assert json.loads((tmp_path / "het" / "build.json").read_text())["lesions"] == "heterotopia"
+    with pytest.raises(SystemExit) as bad:
+        main(["data", "demo", "--out", str(tmp_path / "bad"), "--lesions", "tumour"])
+    assert bad.value.code == 2 and "tumour" in capsys.readouterr().err

@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--subjects", type=int, default=24, help="Number of subjects (default: %(default)s).")
     demo.add_argument("--seed", type=int, default=0, help="Random seed (default: %(default)s).")
     demo.add_argument("--spacing", type=float, default=2.0, help="Voxel spacing in mm (default: %(default)s).")
+    demo.add_argument("--lesions", default="ms", choices=("ms", "heterotopia"),
+                      help="ms: lesions bright on FLAIR, T2, PD and dark on T1; heterotopia: grey-matter nodules in "
+                           "the white matter, abnormal only by their place (default: %(default)s).")
     demo.add_argument("--overwrite", action="store_true", help="Rebuild even if the folder holds a dataset.")
     demo.set_defaults(func=run_demo)
     check = subparsers.add_parser(
@@ -95,7 +98,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"brainfm data demo: --spacing must be positive, got {args.spacing}")
         return 2
     manifest = build_demo_dataset(Path(args.out), n_subjects=args.subjects, seed=args.seed, spacing=args.spacing,
-                                  overwrite=args.overwrite)
+                                  overwrite=args.overwrite, lesions=args.lesions)
     print(f"wrote the SYNTHETIC demo dataset: {manifest}")
     return 0
 
