@@ -28,7 +28,8 @@ takes hours; ``--quick`` for a smoke run of every stage). Everything is SYNTHETI
    the labelled pool and scored on the test split.
 
 Writes to ``--out``: ``results.csv`` (one row per model, size, condition: mean and sample std over seeds of the
-per-seed test means of Dice, HD95 in mm and lesion-wise F1), ``runs.csv`` (every run), ``probe.csv``,
+per-seed test means of Dice, HD95 in mm and lesion-wise F1, and Dice on the cases with a lesion apart from the
+fraction of lesion-free cases left empty), ``runs.csv`` (every run), ``probe.csv``,
 ``results.md`` (tables, command, timings) and ``label_efficiency.png`` (the curves).
 Runs in one process (the commands' own entry point, ``brainfm_lightning.cli.main``), so no run pays Python's start-up.
 """
@@ -251,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                     run(f"{stage}_evaluate", ["evaluate", "robustness", *config_args(configs), "--ckpt_path",
                                               str(checkpoint), "--out", str(out), "--max-missing", "1",
                                               *evaluation_overrides(key, args.stem, args.unseen)])
-                grouped = le.condition_cases(csv.DictReader((out / "robustness_cases.csv").open()))
+                grouped = le.condition_cases(csv.DictReader((out / "robustness_cases.csv").open()),
+                                             le.REPORT_METRICS)
                 records += [{"model": name, "n_labelled": size, "seed": seed, "condition": condition, "cases": cases}
                             for condition, cases in grouped.items()]
 
@@ -266,14 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         le.write_rows(probe_rows, args.out / "probe.csv")
 
-    summary = le.aggregate(records)
+    summary = le.aggregate(records, le.REPORT_METRICS)
     args.out.mkdir(parents=True, exist_ok=True)
     le.write_rows(summary, args.out / "results.csv")
     le.write_rows([{k: v for k, v in r.items() if k != "cases"} | {
-        m: le.nanmean(c[m] for c in r["cases"]) for m in le.CURVE_METRICS} for r in records],  # type: ignore[union-attr]
+        m: le.nanmean(c[m] for c in r["cases"]) for m in le.REPORT_METRICS} for r in records],  # type: ignore[union-attr]
         args.out / "runs.csv")
     le.plot_curves(summary, args.out / "label_efficiency.png",
-                   conditions=("all",), metrics=("dice", "lesion_f1"))
+                   conditions=("all",), metrics=("dice", "dice_with_lesion", "lesion_f1"))
     total = time.perf_counter() - start
     command = "python scripts/label_efficiency.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = [f"# Label efficiency on the SYNTHETIC demo data at 4 mm (test split: {len(TEST)} subjects)", "",
@@ -284,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
               + (" (this invocation; trainings and evaluations found under --work were reused)" if args.reuse else "")
               + ". Cells: mean ± sample std over seeds of each seed's mean "
               f"over the test sessions; {args.unseen} is shown as `{unseen_name}`, never seen in pretraining.", ""]
-    for metric, title in (("dice", "Dice"), ("hd95", "HD95 (mm)"), ("lesion_f1", "Lesion-wise F1")):
+    for metric, title in (("dice", "Dice"), ("hd95", "HD95 (mm)"), ("lesion_f1", "Lesion-wise F1"),
+                          ("dice_with_lesion", "Dice on the test cases with a lesion"),
+                          ("clean_without_lesion", "Lesion-free test cases left empty (fraction)")):
         report += [f"## {title}", "", le.markdown_table(summary, metric)]
     if probe_rows:
         report += ["## Frozen features (test split)", "", "| encoder | target | probe | score | value |",

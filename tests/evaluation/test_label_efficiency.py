@@ -53,6 +53,22 @@ def test_conditions_take_each_case_whole_and_without_each_of_its_sequences():
     assert math.isnan(grouped["all"][1]["lesion_f1"])  # an empty cell reads as NaN
 
 
+def test_cases_with_and_without_a_reference_lesion_are_scored_apart():
+    rows = [case("lesion", "T1", 0.4) | {"lesion_tpr": "0.5"}, case("missed", "T1", 0.0) | {"lesion_tpr": "0.0"},
+            case("clean", "T1", 1.0) | {"lesion_tpr": "nan"}, case("false", "T1", 0.0) | {"lesion_tpr": "nan"},
+            case("unknown", "T1", 0.7)]  # no lesion_tpr column: neither kind
+    cases = le.condition_cases(rows, le.REPORT_METRICS)["all"]
+    with_lesion = [c["dice_with_lesion"] for c in cases]
+    without = [c["clean_without_lesion"] for c in cases]
+    np.testing.assert_array_equal(with_lesion, [0.4, 0.0, np.nan, np.nan, np.nan])
+    np.testing.assert_array_equal(without, [np.nan, np.nan, 1.0, 0.0, np.nan])
+    assert [c["dice"] for c in cases] == [0.4, 0.0, 1.0, 0.0, 0.7]
+    row = le.aggregate([{"model": "m", "n_labelled": 2, "seed": 0, "condition": "all", "cases": cases}],
+                       le.REPORT_METRICS)[0]
+    assert (row["dice_with_lesion_mean"], row["clean_without_lesion_mean"]) == (0.2, 0.5)
+    assert row["dice_mean"] == pytest.approx(np.mean([0.4, 0.0, 1.0, 0.0, 0.7]), abs=1e-12)
+
+
 def test_aggregate_averages_cases_within_a_seed_then_seeds_with_their_sample_std():
     runs = [
         {"model": "B", "n_labelled": 2, "seed": 0, "condition": "all",
