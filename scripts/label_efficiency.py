@@ -18,7 +18,8 @@ takes hours; ``--quick`` for a smoke run of every stage). Everything is SYNTHETI
    ``shuffled_names`` each session's sequence names permuted at random in every step, ``no_vicreg`` no
    variance/covariance terms).
 4. For every size and seed: ``brainfm fit`` of ``configs/finetune/seg_demo.yaml`` (``--steps`` steps, the
-   ``--stem`` full-resolution path, ``conditioned`` by default) from each pretrained variant and from scratch,
+   ``--stem`` full-resolution path, ``conditioned`` by default) from each pretrained variant (with
+   ``--head-only-steps``, the head first, alone) and from scratch,
    and of ``configs/finetune/unet_baseline.yaml``; the last checkpoint goes through ``brainfm evaluate
    robustness`` on the test split: whole volumes, scored in native space, with every sequence and with each one
    missing. Ablations run at the sizes in ``--ablation-sizes``, with two more segmenters there: the pretrained and
@@ -164,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                              "matter in the white matter: only its place is abnormal).")
     parser.add_argument("--stem", default="conditioned", choices=STEMS,
                         help="BrainFM segmenter's full-resolution path (ModalityUNETR's stem).")
+    parser.add_argument("--head-only-steps", type=float, default=0.0,
+                        help="Pretrained segmenters (not scratch) train the head alone for this many steps (or this "
+                             "fraction of --steps, below 1) before the encoder joins (SegmentationModule's "
+                             "head_only_steps; default: 0, all together).")
     parser.add_argument("--ablations", nargs="*", default=[], choices=list(ABLATIONS),
                         help="Pretraining variants to pretrain and fine-tune too (default: none; each adds a "
                              "pretraining and its fine-tunings at --ablation-sizes).")
@@ -189,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds = [0]
     if min(args.pool, args.pretrain_steps, args.steps) < 1:
         parser.error("--pool, --pretrain-steps and --steps must be >= 1")
+    if args.head_only_steps < 0:
+        parser.error(f"--head-only-steps must be >= 0, got {args.head_only_steps:g}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     start = time.perf_counter()
@@ -232,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             data = data_config(work / "manifests" / f"{tag}.yaml", manifest, cache)
             models = {"scratch": ("BrainFM (scratch)", seg, [*seg_stem]),
                       "unet": ("U-Net (fixed channels)", unet, unet_args)}
+            head_only = ["--model.init_args.head_only_steps", str(args.head_only_steps)] if args.head_only_steps else []
             for variant, (name, _) in variants.items():
                 if variant == "pretrained" or size in args.ablation_sizes:
-                    models[variant] = (name, seg,
-                                       [*seg_stem, "--model.init_args.pretrained", str(checkpoints[variant])])
+                    models[variant] = (name, seg, [*seg_stem, *head_only,
+                                                   "--model.init_args.pretrained", str(checkpoints[variant])])
             if size in args.ablation_sizes:  # do the encoder's features matter? pretrained and random, frozen
                 frozen = [*seg_stem, "--model.init_args.freeze_encoder", "full"]
                 models["frozen_random"] = ("BrainFM (frozen random encoder)", seg, frozen)
@@ -282,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
               f"`{command.strip()}`: pool {args.pool} unlabelled subjects ({', '.join(pool_sequences(args.unseen))}), "
               f"{args.pretrain_steps} "
               f"pretraining steps, {args.steps} fine-tuning steps per segmenter (BrainFM stem `{args.stem}`), seeds "
-              f"{args.seeds}; labelled lesions `{args.lesions}`; wall time {total / 60:.1f} min"
+              f"{args.seeds}; labelled lesions `{args.lesions}`; pretrained segmenters' head-only steps "
+              f"{args.head_only_steps:g}; wall time {total / 60:.1f} min"
               + (" (this invocation; trainings and evaluations found under --work were reused)" if args.reuse else "")
               + ". Cells: mean ± sample std over seeds of each seed's mean "
               f"over the test sessions; {args.unseen} is shown as `{unseen_name}`, never seen in pretraining.", ""]

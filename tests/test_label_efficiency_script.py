@@ -64,6 +64,9 @@ def test_help_and_bad_values(capsys):
     with pytest.raises(SystemExit) as bad:
         script.main(["--steps", "0"])
     assert bad.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        script.main(["--head-only-steps", "-1"])
+    assert bad.value.code == 2 and "--head-only-steps must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_each_lesion_kind_has_its_labelled_folder():
