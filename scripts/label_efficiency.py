@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Pretraining variants to pretrain and fine-tune too (default: none; each adds a "
                              "pretraining and its fine-tunings at --ablation-sizes).")
     parser.add_argument("--ablation-sizes", type=int, nargs="*", default=[8],
-                        help="Sizes at which the ablations and the frozen random encoder are trained.")
+                        help="Sizes at which the ablations and the frozen encoders are trained.")
     parser.add_argument("--no-probe", action="store_true", help="Skip the frozen-feature probes.")
     parser.add_argument("--only", nargs="+", default=None, metavar="MODEL",
                         choices=["pretrained", "scratch", "unet", "frozen_random", "frozen_pretrained", *ABLATIONS],
@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     run = Runner(work, args.reuse)
     pool_root, labelled_rows = build_data(args.pool, args.unseen, args.lesions)
     unseen_name, rename = UNSEEN_NAMES[args.unseen], {args.unseen: UNSEEN_NAMES[args.unseen]}
-    cache = labelled_root(args.lesions).with_name(labelled_root(args.lesions).name + "-prepared")
+    labelled = labelled_root(args.lesions)
+    cache = labelled.with_name(labelled.name + "-prepared")
     net = ["compare/brainfm_32.yaml"]
     pool_data = ["--data.class_path", "data_modules.DemoDataModule", "--data.init_args.root", str(pool_root),
                  "--data.init_args.n_subjects", str(args.pool), "--data.init_args.demo_seed", "1",
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     unet = ["finetune/unet_baseline.yaml", "compare/unet_32.yaml"]
     unet_args = ["--model.init_args.modalities", unet_channels(args.unseen)]
     seg_stem = ["--model.init_args.head.init_args.stem", args.stem]
+    head_only = ["--model.init_args.head_only_steps", str(args.head_only_steps)] if args.head_only_steps else []
     records: list[dict[str, object]] = []
     for seed in args.seeds:
         for size, subjects in le.nested_subsets(LABELLED_POOL, args.sizes, seed).items():
@@ -239,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
             data = data_config(work / "manifests" / f"{tag}.yaml", manifest, cache)
             models = {"scratch": ("BrainFM (scratch)", seg, [*seg_stem]),
                       "unet": ("U-Net (fixed channels)", unet, unet_args)}
-            head_only = ["--model.init_args.head_only_steps", str(args.head_only_steps)] if args.head_only_steps else []
             for variant, (name, _) in variants.items():
                 if variant == "pretrained" or size in args.ablation_sizes:
                     models[variant] = (name, seg, [*seg_stem, *head_only,
