@@ -74,15 +74,16 @@ def unet_channels(unseen: str) -> str:
     return json.dumps([*pool_sequences(unseen), UNSEEN_NAMES[unseen]])
 
 
-def evaluation_overrides(model: str, stem: str, unseen: str) -> list[str]:
+def evaluation_overrides(model: str, stem: str, unseen: str, fusion: str = "mean") -> list[str]:
     """``brainfm evaluate`` rebuilds a model from the configs: the ``--set`` options its training overrode.
 
-    The U-Net's channel list; a BrainFM segmenter's stem (``per_sequence`` and ``mean`` share their weights, so a
-    missing stem would load and silently evaluate another network).
+    The U-Net's channel list; a BrainFM segmenter's stem and fusion (``per_sequence`` and ``mean`` share their
+    weights, so a missing stem would load and silently evaluate another network).
     """
     if model == "unet":
         return ["--set", f"model.init_args.modalities={unet_channels(unseen)}"]
-    return ["--set", f"model.init_args.head.init_args.stem={stem}"]
+    return ["--set", f"model.init_args.head.init_args.stem={stem}",
+            "--set", f"model.init_args.head.init_args.fusion={fusion}"]
 
 
 def config_args(configs: Sequence[str | Path]) -> list[str]:
@@ -147,7 +148,7 @@ def data_config(path: Path, manifest: Path, cache: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     from brainfm_lightning.data.demo import LESION_KINDS
     from brainfm_lightning.evaluation import label_efficiency as le
-    from brainfm_lightning.models.seg_head import STEMS
+    from brainfm_lightning.models.seg_head import FUSIONS, STEMS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "label-efficiency", help="Tables and figure.")
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                              "matter in the white matter: only its place is abnormal).")
     parser.add_argument("--stem", default="conditioned", choices=STEMS,
                         help="BrainFM segmenter's full-resolution path (ModalityUNETR's stem).")
+    parser.add_argument("--fusion", default="mean", choices=FUSIONS,
+                        help="How BrainFM segmenters fuse the sequences of one position (ModalityUNETR's fusion): "
+                             "mean, or mean_var (mean and variance over the present sequences, HeMIS-style).")
     parser.add_argument("--head-only-steps", type=float, default=0.0,
                         help="Pretrained segmenters (not scratch) train the head alone for this many steps (or this "
                              "fraction of --steps, below 1) before the encoder joins (SegmentationModule's "
@@ -229,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     seg = ["finetune/seg_demo.yaml", *net]
     unet = ["finetune/unet_baseline.yaml", "compare/unet_32.yaml"]
     unet_args = ["--model.init_args.modalities", unet_channels(args.unseen)]
-    seg_stem = ["--model.init_args.head.init_args.stem", args.stem]
+    seg_stem = ["--model.init_args.head.init_args.stem", args.stem, "--model.init_args.head.init_args.fusion",
+                args.fusion]
     head_only = ["--model.init_args.head_only_steps", str(args.head_only_steps)] if args.head_only_steps else []
     records: list[dict[str, object]] = []
     for seed in args.seeds:
@@ -260,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not (args.reuse and (out / "robustness_cases.csv").is_file()):
                     run(f"{stage}_evaluate", ["evaluate", "robustness", *config_args(configs), "--ckpt_path",
                                               str(checkpoint), "--out", str(out), "--max-missing", "1",
-                                              *evaluation_overrides(key, args.stem, args.unseen)])
+                                              *evaluation_overrides(key, args.stem, args.unseen, args.fusion)])
                 grouped = le.condition_cases(csv.DictReader((out / "robustness_cases.csv").open()),
                                              le.REPORT_METRICS)
                 records += [{"model": name, "n_labelled": size, "seed": seed, "condition": condition, "cases": cases}
@@ -290,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     report = [f"# Label efficiency on the SYNTHETIC demo data at 4 mm (test split: {len(TEST)} subjects)", "",
               f"`{command.strip()}`: pool {args.pool} unlabelled subjects ({', '.join(pool_sequences(args.unseen))}), "
               f"{args.pretrain_steps} "
-              f"pretraining steps, {args.steps} fine-tuning steps per segmenter (BrainFM stem `{args.stem}`), seeds "
+              f"pretraining steps, {args.steps} fine-tuning steps per segmenter (BrainFM stem `{args.stem}`, fusion "
+              f"`{args.fusion}`), seeds "
               f"{args.seeds}; labelled lesions `{args.lesions}`; pretrained segmenters' head-only steps "
               f"{args.head_only_steps:g}; wall time {total / 60:.1f} min"
               + (" (this invocation; trainings and evaluations found under --work were reused)" if args.reuse else "")

@@ -38,18 +38,20 @@ def test_the_unseen_sequence_is_kept_out_of_the_pool_and_renamed_for_the_unet(un
 
 
 @pytest.mark.parametrize("model", ["scratch", "pretrained", "frozen_random", "no_cln"])
-def test_brainfm_segmenters_are_evaluated_with_the_stem_they_were_trained_with(model):
-    assert script.evaluation_overrides(model, "tokens", "PD") == [
-        "--set", "model.init_args.head.init_args.stem=tokens"]
+def test_brainfm_segmenters_are_evaluated_with_the_stem_and_fusion_they_were_trained_with(model):
+    assert script.evaluation_overrides(model, "tokens", "PD", "mean_var") == [
+        "--set", "model.init_args.head.init_args.stem=tokens",
+        "--set", "model.init_args.head.init_args.fusion=mean_var"]
 
 
-def test_the_stem_override_builds_the_trained_segmenter():
+def test_the_stem_and_fusion_overrides_build_the_trained_segmenter():
     from brainfm_lightning.commands.config import build_from_configs
 
     configs = [str(script.CONFIGS / "finetune/seg_demo.yaml"), str(script.CONFIGS / "model/test.yaml")]
-    overrides = [tuple(script.evaluation_overrides("scratch", "per_sequence", "PD")[1].split("=", 1))]
-    module, _ = build_from_configs(configs, overrides)
-    assert module.segmenter.stem == "per_sequence"
+    options = script.evaluation_overrides("scratch", "per_sequence", "PD", "mean_var")
+    module, _ = build_from_configs(configs, [tuple(o.split("=", 1)) for o in options[1::2]])
+    assert module.segmenter.stem == "per_sequence" and module.segmenter.fusion == "mean_var"
+    assert module.segmenter.decoder.stem_merge is not None
 
 
 def test_help_and_bad_values(capsys):
@@ -61,6 +63,7 @@ def test_help_and_bad_values(capsys):
     assert done.value.code == 0 and "--ablation-sizes" in out
     assert "--stem {" + ",".join(STEMS) + "}" in out  # every segmenter stem, as ModalityUNETR lists them
     assert "--lesions {ms,heterotopia}" in out
+    assert "--fusion {mean,mean_var}" in out
     with pytest.raises(SystemExit) as bad:
         script.main(["--steps", "0"])
     assert bad.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err

@@ -84,12 +84,13 @@ class SegmenterHubMixin(HubMixin):
     feature_size: int
     feature_layers: list[int]
     stem: str
+    fusion: str
 
     @override
     def hub_config(self) -> dict[str, Any]:
         return {"net": self.net.hub_config(), "num_classes": self.num_classes, "feature_size": self.feature_size,
                 "feature_layers": self.feature_layers[:-1],  # the last is always the encoder's depth
-                "stem": self.stem}
+                "stem": self.stem, "fusion": self.fusion}
 
     @override
     @classmethod

@@ -62,23 +62,45 @@ def _unpacked(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return Packing.from_valid(valid).unpack(tokens)
 
 
-def fuse_modalities(tokens: torch.Tensor, valid: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+def fuse_modalities(tokens: torch.Tensor, valid: torch.Tensor, grid: Sequence[int],
+                    variance: bool = False) -> torch.Tensor:
     """Masked mean over the present modalities of tokens at the same grid position, as a feature volume.
 
     Args:
         tokens: ``[B, M * L, D]``; slot ``m`` holds tokens ``[m * L, (m + 1) * L)`` in row-major grid order.
         valid: bool ``[B, M * L]``, False for padded slots.
         grid: ``(gd, gh, gw)`` with ``L = gd * gh * gw``.
+        variance: Also the (population) variance over the present modalities, after the mean (HeMIS's moments,
+            Havaei et al. 2016); zero where one modality is present.
 
     Returns:
-        ``[B, D, gd, gh, gw]``.
+        ``[B, D, gd, gh, gw]``, or ``[B, 2 * D, gd, gh, gw]`` (mean, then variance) with ``variance``.
     """
     b, n, dim = tokens.shape
     length = grid[0] * grid[1] * grid[2]
     is_valid = valid.reshape(b, n // length, length, 1)  # [B, M, L, 1]
-    summed = tokens.reshape(b, n // length, length, dim).masked_fill(~is_valid, 0.0).sum(1)  # 0 * NaN would leak
-    fused = summed / is_valid.sum(1).clamp_min(1).to(tokens.dtype)
-    return fused.transpose(1, 2).reshape(b, dim, *grid)
+    per_slot = tokens.reshape(b, n // length, length, dim).masked_fill(~is_valid, 0.0)  # 0 * NaN would leak
+    counts = is_valid.sum(1).clamp_min(1).to(tokens.dtype)
+    fused = per_slot.sum(1) / counts
+    if variance:
+        deviation = (per_slot - fused[:, None]).masked_fill(~is_valid, 0.0)
+        fused = torch.cat([fused, deviation.square().sum(1) / counts], -1)
+    return fused.transpose(1, 2).reshape(b, fused.shape[-1], *grid)
+
+
+class MomentMerge(nn.Conv3d):
+    """``[B, 2C, *S]`` (mean, variance over the present sequences) -> ``[B, C, *S]`` by a learned 1x1x1 convolution.
+
+    Initialised to pass the mean through and ignore the variance, so a segmenter with this fusion starts as the one
+    with the plain mean and learns how much of the sequences' disagreement to use.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(2 * channels, channels, kernel_size=1)
+        with torch.no_grad():
+            self.weight.zero_()
+            self.weight[:, :channels, 0, 0, 0] = torch.eye(channels)
+            self.bias.zero_()
 
 
 def mean_over_present(images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -90,6 +112,8 @@ def mean_over_present(images: torch.Tensor, present: torch.Tensor) -> torch.Tens
 
 Stem = Literal["mean", "per_sequence", "conditioned", "tokens"]
 STEMS: tuple[str, ...] = ("mean", "per_sequence", "conditioned", "tokens")
+Fusion = Literal["mean", "mean_var"]
+FUSIONS: tuple[str, ...] = ("mean", "mean_var")
 
 
 class UNETRDecoder(nn.Module):
@@ -110,6 +134,8 @@ class UNETRDecoder(nn.Module):
         in_channels: Channels of the image the stem sees; 0 for no image path.
         feature_size: Channels at full resolution; doubled at every level.
         norm_name: MONAI norm of the conv blocks.
+        stem_variance: With ``present`` (a stem on each sequence), fuse the stem features by their mean and variance
+            over the present sequences (:class:`MomentMerge`) rather than by their mean alone.
     """
 
     def __init__(
@@ -120,6 +146,7 @@ class UNETRDecoder(nn.Module):
         in_channels: int = 1,
         feature_size: int = 16,
         norm_name: str = "instance",
+        stem_variance: bool = False,
     ) -> None:
         super().__init__()
         edge = patch_size[0]
@@ -132,6 +159,7 @@ class UNETRDecoder(nn.Module):
         blocks = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name, res_block=True)
         self.stem = (UnetrBasicBlock(in_channels=in_channels, out_channels=feature_size, stride=1, **blocks)
                      if in_channels else None)
+        self.stem_merge = MomentMerge(feature_size) if stem_variance and in_channels else None
         # skips[s - 1] serves resolution 1/2^s with feature_size * 2^s channels (s = 0 too, without a stem)
         first_skip = 1 if self.stem is not None else 0
         self.skips = nn.ModuleList(
@@ -177,7 +205,8 @@ class UNETRDecoder(nn.Module):
                        film: torch.Tensor | None = None) -> torch.Tensor:
         """The stem on each present slot of ``images`` ``[B, M, *S]`` (padded slots are never computed), averaged.
 
-        With ``film`` ``[B, M, 2F]``, each slot's features are scaled and shifted by its row first.
+        With ``film`` ``[B, M, 2F]``, each slot's features are scaled and shifted by its row first. With
+        ``stem_merge``, their variance over the slots joins the mean through it.
         """
         b = images.shape[0]
         features = self.stem(images[present].unsqueeze(1))  # [S, F, *S]
@@ -185,9 +214,13 @@ class UNETRDecoder(nn.Module):
             scale, shift = film[present].reshape(*film[present].shape, *([1] * (features.dim() - 2))).chunk(2, 1)
             features = features * (1.0 + scale) + shift
         session = torch.nonzero(present)[:, 0]
-        summed = features.new_zeros(b, *features.shape[1:]).index_add_(0, session, features)
-        counts = present.sum(1).clamp_min(1).to(features.dtype)
-        return summed / counts.reshape(b, *([1] * (features.dim() - 1)))
+        counts = present.sum(1).clamp_min(1).to(features.dtype).reshape(b, *([1] * (features.dim() - 1)))
+        mean = features.new_zeros(b, *features.shape[1:]).index_add_(0, session, features) / counts
+        if self.stem_merge is None:
+            return mean
+        squares = (features - mean[session]).square()
+        variance = squares.new_zeros(mean.shape).index_add_(0, session, squares) / counts
+        return self.stem_merge(torch.cat([mean, variance], 1))
 
 
 class ModalityUNETR(nn.Module, SegmenterHubMixin):
@@ -209,6 +242,12 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
     - ``tokens``: no image path; the full-resolution features are encoder tokens (of the shallowest skip depth)
       brought up by transposed convolutions, so every feature went through the encoder.
 
+    ``fusion`` decides how the sequences of one position meet: ``mean`` averages their tokens (and, with a stem per
+    sequence, their stem features); ``mean_var`` also takes their variance over the present sequences and merges
+    the two by a learned 1x1x1 convolution (:class:`MomentMerge`, HeMIS's mean and variance), which starts as the
+    mean. The mean alone lets a lesion dark on one sequence and bright on the others partly cancel; the variance
+    keeps that disagreement. The ``mean`` stem averages the images themselves, so there only the tokens change.
+
     Args:
         net: The (pretrained) :class:`ModalityMAE`; its reconstruction decoder is not used.
         num_classes: Classes including background.
@@ -217,6 +256,7 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
             3, 6, 9 of 12): ``k - 1`` of them for ``k = log2(patch)`` levels, ``k`` with ``stem="tokens"``; the
             deepest features are always the encoder's normed output.
         stem: ``mean``, ``per_sequence``, ``conditioned`` or ``tokens`` (above).
+        fusion: ``mean`` or ``mean_var`` (above).
     """
 
     def __init__(
@@ -226,14 +266,19 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
         feature_size: int = 16,
         feature_layers: Sequence[int] | None = None,
         stem: Stem = "mean",
+        fusion: Fusion = "mean",
     ) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.net = net
-        self.num_classes, self.feature_size, self.stem = num_classes, feature_size, stem
+        self.num_classes, self.feature_size, self.stem, self.fusion = num_classes, feature_size, stem, fusion
+        with_variance = fusion == "mean_var"
         self.decoder = UNETRDecoder(net.config["embed_dim"], net.patch_size, num_classes,
-                                    0 if stem == "tokens" else 1, feature_size)
+                                    0 if stem == "tokens" else 1, feature_size,
+                                    stem_variance=with_variance and stem in ("per_sequence", "conditioned"))
         self.stem_film = None
         if stem == "conditioned":  # FiLM of the stem features by the modality embedding; identity at init
             self.stem_film = nn.Linear(net.modality_dim, 2 * feature_size)
@@ -246,6 +291,8 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
             raise ValueError(f"feature_layers needs {skips} encoder depths for patch {net.patch_size} and "
                              f"stem={stem!r}, got {layers}")
         self.feature_layers = layers + [depth]
+        self.token_merges = (nn.ModuleList(MomentMerge(net.config["embed_dim"]) for _ in self.feature_layers)
+                             if with_variance else None)
 
     def forward(self, images: torch.Tensor, modality_embeddings: torch.Tensor, present: torch.Tensor,
                 head_offset: torch.Tensor | None = None) -> torch.Tensor:
@@ -255,7 +302,11 @@ class ModalityUNETR(nn.Module, SegmenterHubMixin):
         """
         states, valid = encoder_hidden_states(self.net, images, modality_embeddings, present, self.feature_layers,
                                               head_offset)
-        volumes = [fuse_modalities(x, valid, self.net.grid) for x in states]
+        if self.token_merges is None:
+            volumes = [fuse_modalities(x, valid, self.net.grid) for x in states]
+        else:
+            volumes = [merge(fuse_modalities(x, valid, self.net.grid, variance=True))
+                       for merge, x in zip(self.token_merges, states, strict=True)]
         if self.stem == "tokens":
             return self.decoder(None, volumes[:-1], volumes[-1])
         if self.stem == "per_sequence":
