@@ -90,17 +90,55 @@ def test_samples_and_batches_carry_the_head_offset(tmp_path):
     assert torch.equal(whole["head_offset"], torch.zeros(3))  # the head box padded evenly: centred on the head
 
 
-def test_crop_step_keeps_random_crops_on_the_centred_crops_lattice():
+def test_crop_step_keeps_random_crops_on_the_centred_crops_lattice_out_to_each_end():
+    """On the lattice, crops reach each end of the head: the nearest lattice windows that hold its first and last
+    voxels, up to a step minus one past it (padded), as whole-volume inference places its windows."""
     from brainfm_lightning.data.preprocess import crop_start
 
     shape, size = (50, 45, 20), (32, 32, 24)  # x: 18 voxels of room, y: 13
     centred = crop_start(shape, size, False, np.random.default_rng(0))
-    starts = {crop_start(shape, size, True, np.random.default_rng(seed), (8, 8, 8)) for seed in range(200)}
+    assert centred == (9, 6, -2)
+    starts = {crop_start(shape, size, True, np.random.default_rng(seed), (8, 8, 8)) for seed in range(400)}
     for start in starts:
         assert all((s - c) % 8 == 0 for s, c in zip(start, centred))
-        assert all(0 <= s and s + c <= n for s, c, n in zip(start[:2], size[:2], shape[:2]))  # inside the head
+        assert all(-8 < s and s + c < n + 8 for s, c, n in zip(start[:2], size[:2], shape[:2]))  # < a step out
     assert start[2] == -2  # a short axis stays padded evenly: no room to move
     xs, ys = {s[0] for s in starts}, {s[1] for s in starts}
-    assert xs == {centred[0] - 8, centred[0], centred[0] + 8} and ys == {centred[1]}  # 6 +- 8 leaves the head
+    assert xs == {-7, 1, 9, 17, 25}  # 1 misses voxel 0 and 17 voxel 49: -7 and 25 hold them
+    assert ys == {-2, 6, 14}
+    assert {crop_start(shape, size, True, np.random.default_rng(seed))[0] for seed in range(400)} == set(range(19))
+
+
+@pytest.mark.parametrize("shape", [(42, 54, 43), (45, 55, 44), (20, 33, 70), (32, 41, 57)])
+@pytest.mark.parametrize("overlap", [0.25, 0.5])
+@pytest.mark.parametrize("phase", [(0.0, 0.0, 0.0), (3.0, -5.0, 8.0)])
+def test_every_inference_window_on_the_lattice_is_a_crop_that_training_draws(shape, overlap, phase):
+    """Sliding windows on the lattice (whole-volume validation, test, predict) sit exactly where random training
+    crops of ``crop_step`` = patch size sit, to the voxel: no place, and no sub-patch phase, the network never saw.
+    With the volume's own ``phase`` (its offset from the head), the windows' head offsets (place plus phase) stay on
+    that lattice."""
+    from brainfm_lightning.data.preprocess import crop_start, window_offset
+    from brainfm_lightning.modules.segmenter import sliding_window_logits
+
+    seen = []
+
+    def predictor(windows: torch.Tensor, places: torch.Tensor) -> torch.Tensor:
+        seen.append(places.clone())
+        return torch.zeros(windows.shape[0], 1, *windows.shape[2:])
+
+    sliding_window_logits(torch.zeros(1, 1, *shape), predictor, (32, 32, 32), 2, overlap, lattice=(8, 8, 8),
+                          phase=phase)
+    inference = torch.cat(seen).numpy() + np.array(phase)  # head offsets of the windows
+    trained = {tuple(window_offset(shape, crop_start(shape, (32, 32, 32), True, np.random.default_rng(seed),
+                                                     (8, 8, 8)), (32, 32, 32)))
+               for seed in range(600)}
+    for axis in range(3):
+        training_places = {t[axis] for t in trained}
+        lattice = {p + 8 * k for p in training_places for k in range(-8, 9)}
+        assert set(inference[:, axis].tolist()) <= lattice  # on the training lattice, sub-voxel phase included
+        if phase == (0.0, 0.0, 0.0):
+            assert set(inference[:, axis].tolist()) <= training_places  # and every place one training draws
+
+
     with pytest.raises(ValueError, match="crop_step must be a positive int or three positive ints, got 0"):
         SessionPreprocessor(32, crop_step=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -256,6 +257,15 @@ def shift_origin(affine: np.ndarray, start: Sequence[int]) -> np.ndarray:
     return shifted
 
 
+def centred_start(length: int, size: int) -> int:
+    """First voxel of the centred ``size`` window along an axis of ``length`` voxels (negative where it is shorter).
+
+    The odd voxel of room goes after the window, and an axis shorter than the window is padded evenly (the odd
+    voxel after): the centred crop of training and the lattice origin of sliding-window inference.
+    """
+    return (max(length, size) - size) // 2 - max(size - length, 0) // 2
+
+
 def crop_start(
     shape: Sequence[int], crop_size: Sequence[int], random_crop: bool, rng: np.random.Generator,
     step: Sequence[int] = (1, 1, 1),
@@ -263,21 +273,24 @@ def crop_start(
     """First voxel of the crop window in the volume's coordinates; negative along axes shorter than the crop.
 
     A short axis is padded evenly (the odd voxel after) to ``crop_size``; the window then starts at a random offset
-    (``random_crop``, one draw per axis, also on padded axes; a whole number of ``step`` voxels from the centred
-    window) or is centred.
+    (``random_crop``, one draw per axis, also on padded axes) or is centred (:func:`centred_start`).
+
+    With ``step`` > 1 the random windows lie a whole number of ``step`` voxels from the centred one: every such
+    window that holds a voxel of the volume no nearer window on that side holds, i.e. up to ``step - 1`` voxels past
+    either end (padded like a short axis). These are the windows that whole-volume sliding-window inference on the
+    lattice places (``sliding_window_logits``), so the network is trained at every place it is asked about.
     """
     starts = []
     for length, size, every in zip(shape, crop_size, step, strict=True):
-        before = max(size - length, 0) // 2
-        room = max(length, size) - size
-        centred = room // 2
+        centred = centred_start(length, size)
         if not random_crop:
-            offset = centred
+            starts.append(centred)
         elif every == 1:
-            offset = int(rng.integers(0, room + 1))
+            starts.append(int(rng.integers(0, max(length, size) - size + 1)) - max(size - length, 0) // 2)
         else:
-            offset = centred + every * int(rng.integers(-(centred // every), (room - centred) // every + 1))
-        starts.append(offset - before)
+            before, after = max(centred, 0), max(length - size - centred, 0)  # room on either side
+            starts.append(centred + every * int(rng.integers(-math.ceil(before / every),
+                                                             math.ceil(after / every) + 1)))
     return tuple(starts)
 
 

@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from brainfm_lightning.callbacks.prediction_writer import SegmentationWriter
+from brainfm_lightning.data.preprocess import centred_start
 from brainfm_lightning.evaluation import SEGMENTATION_METRICS, segmentation_metrics, segmentation_rows
 from brainfm_lightning.evaluation.lesions import lesion_metrics
 from brainfm_lightning.evaluation.metrics import write_metrics_csv
@@ -40,10 +41,11 @@ def sliding_window_logits(
     Windows run where ``images`` lie; the blended output is accumulated on ``stitch_device`` (the CPU by default,
     so a 1 mm whole head does not hold its full-size logits and weight maps on the accelerator).
 
-    With ``lattice`` (a patch size), every window lies a whole number of patches from the volume's centre, as the
-    training crops of ``crop_step`` = patch size do (README, "Positions"): the volume is padded (with each scan's
-    minimum, as crops are padded) so that it is, and the step between windows is ``roi * (1 - overlap)`` rounded
-    down to whole patches (at least one).
+    With ``lattice`` (a patch size), every window lies a whole number of patches from the volume's centred crop, as
+    the training crops of ``crop_step`` = patch size do (README, "Positions"), so each window is one that training
+    draws (:func:`~brainfm_lightning.data.preprocess.crop_start`), at the same sub-voxel place: the volume is padded
+    (with each scan's minimum, as crops are padded) so that it is, and the step between windows is
+    ``roi * (1 - overlap)`` rounded down to whole patches (at least one).
 
     Args:
         images: ``[B, C, *S]``.
@@ -70,8 +72,9 @@ def sliding_window_logits(
         phase = [0.0] * len(size) if phase is None else [float(p) for p in phase]
         overlaps = []
         for axis, (n, r, step) in enumerate(zip(size, roi_size, lattice, strict=True)):
-            # the first window's centre, r/2 - before voxels from the volume's start, must sit on the lattice
-            before[axis] = int(round(phase[axis] + r / 2 - n / 2)) % step
+            # windows start a whole number of patches from the centred training crop's start (shifted by the
+            # volume's own offset from the head), so each one is a crop that training on the lattice draws
+            before[axis] = (round(phase[axis]) - centred_start(n, r)) % step
             padded[axis] = r + step * math.ceil(max(n + before[axis] - r, 0) / step)
             interval = max(step, int(r * (1 - overlap)) // step * step)
             overlaps.append(1.0 - (interval + 0.5) / r)  # int(r * (1 - o)) == interval, whatever the rounding
