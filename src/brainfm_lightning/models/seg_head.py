@@ -211,7 +211,8 @@ class UNETRDecoder(nn.Module):
         b = images.shape[0]
         features = self.stem(images[present].unsqueeze(1))  # [S, F, *S]
         if film is not None:
-            scale, shift = film[present].reshape(*film[present].shape, *([1] * (features.dim() - 2))).chunk(2, 1)
+            rows = film[present]  # [S, 2F]
+            scale, shift = rows.reshape(*rows.shape, *([1] * (features.dim() - 2))).chunk(2, 1)
             features = features * (1.0 + scale) + shift
         session = torch.nonzero(present)[:, 0]
         counts = present.sum(1).clamp_min(1).to(features.dtype).reshape(b, *([1] * (features.dim() - 1)))
