@@ -136,12 +136,16 @@ def build_data(pool_subjects: int, unseen: str, lesions: str = "ms") -> tuple[Pa
     return pool, rows
 
 
-def data_config(path: Path, manifest: Path, cache: Path) -> Path:
-    """A data config reading ``manifest`` (with its split column) at 4 mm, 32^3 crops on the 8^3 patch lattice."""
+def data_config(path: Path, manifest: Path, cache: Path, augment: bool = False) -> Path:
+    """A data config reading ``manifest`` (with its split column) at 4 mm, 32^3 crops on the 8^3 patch lattice.
+
+    ``augment``: random affine, bias field, gamma and noise on the training crops (never on val/test), besides the
+    left-right flips every run has.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": {"class_path": "data_modules.ManifestDataModule", "init_args": {
         "manifest": str(manifest), "spacing": 4.0, "crop_size": 32, "crop_step": 8, "batch_size": 2, "num_workers": 0,
-        "with_label": True, "cache_dir": str(cache), "prepare_cache": True}}}, indent=1))
+        "with_label": True, "cache_dir": str(cache), "prepare_cache": True, "augment": augment}}}, indent=1))
     return path
 
 
@@ -173,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Pretrained segmenters (not scratch) train the head alone for this many steps (or this "
                              "fraction of --steps, below 1) before the encoder joins (SegmentationModule's "
                              "head_only_steps; default: 0, all together).")
+    parser.add_argument("--augment", action="store_true",
+                        help="Fine-tune every segmenter on augmented crops (random affine, bias field, gamma, noise; "
+                             "flips always).")
     parser.add_argument("--ablations", nargs="*", default=[], choices=list(ABLATIONS),
                         help="Pretraining variants to pretrain and fine-tune too (default: none; each adds a "
                              "pretraining and its fine-tunings at --ablation-sizes).")
@@ -243,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = le.split_manifest(labelled_rows, {"train": subjects, "val": VAL, "test": TEST},
                                      rename=rename)
             manifest = le.write_manifest(rows, work / "manifests" / f"{tag}.csv")
-            data = data_config(work / "manifests" / f"{tag}.yaml", manifest, cache)
+            data = data_config(work / "manifests" / f"{tag}.yaml", manifest, cache, args.augment)
             models = {"scratch": ("BrainFM (scratch)", seg, [*seg_stem]),
                       "unet": ("U-Net (fixed channels)", unet, unet_args)}
             for variant, (name, _) in variants.items():
@@ -298,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
               f"pretraining steps, {args.steps} fine-tuning steps per segmenter (BrainFM stem `{args.stem}`, fusion "
               f"`{args.fusion}`), seeds "
               f"{args.seeds}; labelled lesions `{args.lesions}`; pretrained segmenters' head-only steps "
-              f"{args.head_only_steps:g}; wall time {total / 60:.1f} min"
+              f"{args.head_only_steps:g}; fine-tuning crops "
+              + ("augmented (affine, bias field, gamma, noise, flips)" if args.augment else "flipped only")
+              + f"; wall time {total / 60:.1f} min"
               + (" (this invocation; trainings and evaluations found under --work were reused)" if args.reuse else "")
               + ". Cells: mean ± sample std over seeds of each seed's mean "
               f"over the test sessions; {args.unseen} is shown as `{unseen_name}`, never seen in pretraining.", ""]

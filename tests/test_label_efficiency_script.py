@@ -1,6 +1,7 @@
 """scripts/label_efficiency.py: the splits it fixes, the data config it writes, its options."""
 
 import importlib.util
+import inspect
 import json
 from pathlib import Path
 
@@ -23,6 +24,16 @@ def test_data_config_reads_the_split_manifest_at_4_mm(tmp_path):
     init = json.loads(path.read_text())["data"]["init_args"]
     assert init["manifest"] == str(tmp_path / "m.csv") and init["spacing"] == 4.0 and init["crop_size"] == 32
     assert init["with_label"] is True and init["cache_dir"] == str(tmp_path / "cache")
+    assert init["augment"] is False
+
+
+def test_augment_turns_on_the_training_augmentation_of_the_manifest_datamodule(tmp_path):
+    from data_modules import ManifestDataModule
+
+    init = json.loads(script.data_config(tmp_path / "d.yaml", tmp_path / "m.csv", tmp_path / "c", augment=True)
+                      .read_text())["data"]["init_args"]
+    assert init["augment"] is True
+    assert set(init) <= set(inspect.signature(ManifestDataModule).parameters)  # every key reaches the datamodule
 
 
 @pytest.mark.parametrize(("unseen", "pool", "name"), [("PD", ["T1", "T2", "FLAIR"], "PD-TSE"),
@@ -64,6 +75,7 @@ def test_help_and_bad_values(capsys):
     assert "--stem {" + ",".join(STEMS) + "}" in out  # every segmenter stem, as ModalityUNETR lists them
     assert "--lesions {ms,heterotopia}" in out
     assert "--fusion {mean,mean_var}" in out
+    assert "--augment" in out
     with pytest.raises(SystemExit) as bad:
         script.main(["--steps", "0"])
     assert bad.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
