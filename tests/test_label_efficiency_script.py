@@ -27,7 +27,7 @@ def test_data_config_reads_the_split_manifest_at_4_mm(tmp_path):
     assert init["augment"] is False
 
 
-def test_augment_turns_on_the_training_augmentation_of_the_manifest_datamodule(tmp_path):
+def test_augment_reaches_the_manifest_datamodule_as_its_augment_argument(tmp_path):
     from data_modules import ManifestDataModule
 
     init = json.loads(script.data_config(tmp_path / "d.yaml", tmp_path / "m.csv", tmp_path / "c", augment=True)
