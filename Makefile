@@ -53,9 +53,10 @@ compare: install
 
 # Label efficiency (scripts/label_efficiency.py): BrainFM pretrained on 200 unlabelled SYNTHETIC sessions vs scratch vs
 # a U-Net (and a frozen random encoder at N = 8) at 2 and 8 labelled subjects, 3 seeds, every sequence and each one
-# missing, and frozen-feature probes; writes label-efficiency/results.md, .csv and label_efficiency.png in about an
-# hour on 2 CPU cores. LE_ARGS="--full" adds N = 4 and 16 and every ablation (hours); LE_ARGS="--quick" runs every
-# stage in minutes.
+# missing, and frozen-feature probes, 800 augmented fine-tuning steps each; writes label-efficiency/results.md, .csv
+# and label_efficiency.png in about three hours on 2 CPU cores (LE_ARGS="--steps 200": about an hour, too short for
+# BrainFM to learn). LE_ARGS="--full" adds N = 4 and 16 and every ablation; LE_ARGS="--quick" runs every stage in
+# minutes.
 label-efficiency: install
 	$(PY) scripts/label_efficiency.py $(LE_ARGS)
 

@@ -65,6 +65,14 @@ def test_the_stem_and_fusion_overrides_build_the_trained_segmenter():
     assert module.segmenter.decoder.stem_merge is not None
 
 
+def test_the_default_recipe_is_the_measured_one_and_augmentation_can_be_switched_off():
+    """Defaults: 800 augmented fine-tuning steps, mean-and-variance fusion (docs/label_efficiency.md 2.13)."""
+    default = script.build_parser().parse_args([])
+    assert default.augment is True and default.fusion == "mean_var" and default.steps == 800
+    assert script.build_parser().parse_args(["--no-augment"]).augment is False
+    assert script.build_parser().parse_args(["--augment"]).augment is True
+
+
 def test_help_and_bad_values(capsys):
     with pytest.raises(SystemExit) as done:
         script.main(["--help"])
@@ -75,7 +83,7 @@ def test_help_and_bad_values(capsys):
     assert "--stem {" + ",".join(STEMS) + "}" in out  # every segmenter stem, as ModalityUNETR lists them
     assert "--lesions {ms,heterotopia}" in out
     assert "--fusion {mean,mean_var}" in out
-    assert "--augment" in out
+    assert "--augment" in out and "--no-augment" in out
     with pytest.raises(SystemExit) as bad:
         script.main(["--steps", "0"])
     assert bad.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
