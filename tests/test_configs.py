@@ -58,6 +58,14 @@ def test_compare_fragments_set_the_crop_everywhere(capsys):
     assert unet["data"]["init_args"]["spacing"] == seg["data"]["init_args"]["spacing"] == 4.0
 
 
+def test_segmenters_fine_tune_on_augmented_crops_and_the_compare_fragments_keep_it(capsys):
+    """Without augmentation 8 labelled subjects overfit (docs/label_efficiency.md 2.13); BrainFM and the U-Net alike."""
+    for name in ("segmentation", "u-net baseline", "compare segmentation", "compare u-net"):
+        assert printed_config(COMPOSITIONS[name], capsys)["data"]["init_args"]["augment"] is True, name
+    off = printed_config(COMPOSITIONS["segmentation"], capsys, "--data.init_args.augment", "false")
+    assert off["data"]["init_args"]["augment"] is False
+
+
 def test_the_finetune_configs_share_the_trainer_fragment(capsys):
     """Each fine-tune config extends configs/trainer/finetune_cpu.yaml and adds only its checkpoint metric."""
     for name, metric in (("segmentation", "val/dice"), ("classification", "val/loss"), ("u-net baseline", "val/dice")):
