@@ -32,6 +32,7 @@ SYNTHETIC demo data at 4 mm, 32^3 crops, the ``small`` preset with 8^3 patches (
 Writes to ``--out``: ``results.csv`` (one row per model, size, condition: mean and sample std over seeds of the
 per-seed test means of Dice, HD95 in mm and lesion-wise F1, and Dice on the cases with a lesion apart from the
 fraction of lesion-free cases left empty), ``runs.csv`` (every run), ``probe.csv``,
+``paired.csv`` (each model minus the scratch BrainFM, seed by seed: the same subjects, so their draw cancels),
 ``results.md`` (tables, command, timings) and ``label_efficiency.png`` (the curves).
 Runs in one process (the commands' own entry point, ``brainfm_lightning.cli.main``), so no run pays Python's start-up.
 """
@@ -58,6 +59,8 @@ TEST = [f"sub-{k:03d}" for k in range(37, 49)]
 VAL = [f"sub-{k:03d}" for k in range(33, 37)]
 LABELLED_POOL = [f"sub-{k:03d}" for k in range(1, 33)]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+SCRATCH = "BrainFM (scratch)"  # the reference of the paired differences: what pretraining is measured against
+PAIRED_METRICS = {"dice": "Dice", "dice_with_lesion": "Dice on the test cases with a lesion"}
 ABLATIONS = {  # name -> (table name, pretraining overrides)
     "no_cln": ("BrainFM (no CLN)", ["--model.init_args.net.init_args.conditioning", "none"]),
     "shuffled_names": ("BrainFM (shuffled names)", ["--model.init_args.shuffle_modality_names", "true"]),
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                                      rename=rename)
             manifest = le.write_manifest(rows, work / "manifests" / f"{tag}.csv")
             data = data_config(work / "manifests" / f"{tag}.yaml", manifest, cache, args.augment)
-            models = {"scratch": ("BrainFM (scratch)", seg, [*seg_stem]),
+            models = {"scratch": (SCRATCH, seg, [*seg_stem]),
                       "unet": ("U-Net (fixed channels)", unet, unet_args)}
             for variant, (name, _) in variants.items():
                 if variant == "pretrained" or size in args.ablation_sizes:
@@ -303,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     le.write_rows([{k: v for k, v in r.items() if k != "cases"} | {
         m: le.nanmean(c[m] for c in r["cases"]) for m in le.REPORT_METRICS} for r in records],  # type: ignore[union-attr]
         args.out / "runs.csv")
+    paired = [row for metric in PAIRED_METRICS
+              for row in le.paired_differences(records, reference=SCRATCH, metric=metric)]
+    if paired:
+        le.write_rows(paired, args.out / "paired.csv")
     le.plot_curves(summary, args.out / "label_efficiency.png",
                    conditions=("all",), metrics=("dice", "dice_with_lesion", "lesion_f1"))
     total = time.perf_counter() - start
@@ -323,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
                           ("dice_with_lesion", "Dice on the test cases with a lesion"),
                           ("clean_without_lesion", "Lesion-free test cases left empty (fraction)")):
         report += [f"## {title}", "", le.markdown_table(summary, metric)]
+    for metric, title in PAIRED_METRICS.items():
+        rows = [row for row in paired if row["metric"] == metric]
+        if rows:
+            report += [f"## {title}: each model minus {SCRATCH}, seed by seed (same subjects), every sequence", "",
+                       le.paired_table(rows)]
     if probe_rows:
         report += ["## Frozen features (test split)", "", "| encoder | target | probe | score | value |",
                    "|---|---|---|---|---|"]

@@ -108,6 +108,33 @@ def test_table_and_curve_show_mean_and_spread(tmp_path):
     assert png.stat().st_size > 10_000
 
 
+def test_paired_differences_subtract_the_reference_seed_by_seed():
+    dice = {("P", 0): [0.8, 0.6], ("P", 1): [0.5], ("P", 2): [0.9, 0.7, 0.8], ("P", 3): [0.4],
+            ("S", 0): [0.5], ("S", 1): [0.6, 0.2], ("S", 2): [0.3], ("U", 2): [0.1]}
+    runs = [{"model": m, "n_labelled": 8, "seed": s, "condition": "all", "cases": [{"dice": d} for d in values]}
+            for (m, s), values in dice.items()]
+    runs.append({"model": "P", "n_labelled": 8, "seed": 0, "condition": "w/o T1", "cases": [{"dice": 0.0}]})
+    runs.append({"model": "P", "n_labelled": 2, "seed": 0, "condition": "all", "cases": [{"dice": 0.0}]})
+    rows = le.paired_differences(runs, reference="S")
+    assert [(r["model"], r["n_labelled"]) for r in rows] == [("P", 8), ("U", 8)]  # no scratch at N = 2
+    p, u = rows
+    ours, theirs = np.array([0.7, 0.5, 0.8]), np.array([0.5, 0.4, 0.3])  # seed 3 has no reference: left out
+    assert p["seeds"] == "0 1 2" and p["differences"] == "+0.200 +0.100 +0.500" and p["n_ahead"] == 3
+    assert p["mean"] == pytest.approx(np.mean(ours - theirs))
+    assert p["std"] == pytest.approx(np.std(ours - theirs, ddof=1))
+    assert p["model_std"] == pytest.approx(np.std(ours, ddof=1))
+    assert p["reference_std"] == pytest.approx(np.std(theirs, ddof=1))
+    assert p["beyond_spread"] is True  # 0.267 > 0.153 and 0.100
+    assert u["n_seeds"] == 1 and u["mean"] == pytest.approx(-0.2) and u["beyond_spread"] is False
+    assert math.isnan(u["std"])
+    runs[0]["cases"] = [{"dice": 0.1}]  # seed 0: P 0.1 against S 0.5, so P is no longer ahead beyond the spread
+    p = le.paired_differences(runs, reference="S")[0]
+    assert p["n_ahead"] == 2 and p["beyond_spread"] is False
+    table = le.paired_table(rows)
+    assert "| P | 8 | +0.200 +0.100 +0.500 | +0.267 ± 0.208 | 3 of 3 | yes |" in table
+    assert "| U | 8 | -0.200 | -0.200 | 0 of 1 | no |" in table
+
+
 def test_pooled_features_and_probes_read_the_manifest_columns():
     torch.manual_seed(0)
     net = ModalityMAE.from_preset("test").eval()

@@ -155,6 +155,72 @@ def aggregate(runs: Iterable[Mapping[str, object]], metrics: Sequence[str] = CUR
                                        r["condition"] != "all", str(r["condition"])))
 
 
+def paired_differences(runs: Iterable[Mapping[str, object]], reference: str, metric: str = "dice",
+                       condition: str = "all") -> list[dict[str, object]]:
+    """Each model minus ``reference``, seed by seed: the two trained on the same subjects, so the draw cancels.
+
+    A seed draws the labelled subjects and the initialisation together, and the draw moves a score more than the
+    initialisation does; the difference within a seed isolates the model. ``beyond_spread`` is the label-efficiency
+    target read literally: the mean difference exceeds both models' sample std over the same seeds.
+
+    Args:
+        runs: Records as for :func:`aggregate`.
+        reference: The model subtracted (e.g. ``"BrainFM (scratch)"``).
+        metric: A per-case metric of the records.
+        condition: The modality condition compared.
+
+    Returns:
+        Rows with ``model``, ``n_labelled``, ``seeds`` and ``differences`` (space-separated, per seed), ``n_seeds``,
+        ``mean`` and ``std`` (ddof 1) of the differences, ``n_ahead`` (seeds where the model scores higher),
+        ``model_std`` and ``reference_std`` (each model's spread over the seeds) and ``beyond_spread``. Only seeds
+        where both models have a finite score count; sizes where the reference has none are left out.
+    """
+    per_seed: dict[tuple[str, int], dict[int, float]] = {}
+    models: list[str] = []
+    for run in runs:
+        if run["condition"] != condition:
+            continue
+        model = str(run["model"])
+        if model not in models:
+            models.append(model)
+        score = nanmean(case[metric] for case in run["cases"])  # type: ignore[attr-defined]
+        per_seed.setdefault((model, int(run["n_labelled"])), {})[int(run["seed"])] = score  # type: ignore[call-overload]
+    rows = []
+    for (model, n), scores in sorted(per_seed.items(), key=lambda item: (models.index(item[0][0]), item[0][1])):
+        base = per_seed.get((reference, n))
+        if model == reference or base is None:
+            continue
+        seeds = sorted(s for s in scores if s in base and not math.isnan(scores[s]) and not math.isnan(base[s]))
+        if not seeds:
+            continue
+        ours, theirs = np.array([scores[s] for s in seeds]), np.array([base[s] for s in seeds])
+        differences = ours - theirs
+        mean, model_std, reference_std = float(differences.mean()), _sample_std(ours), _sample_std(theirs)
+        rows.append({"model": model, "reference": reference, "n_labelled": n, "condition": condition,
+                     "metric": metric, "seeds": " ".join(map(str, seeds)),
+                     "differences": " ".join(f"{d:+.3f}" for d in differences), "n_seeds": len(seeds),
+                     "mean": mean, "std": _sample_std(differences), "n_ahead": int((differences > 0).sum()),
+                     "model_std": model_std, "reference_std": reference_std,
+                     "beyond_spread": len(seeds) > 1 and abs(mean) > max(model_std, reference_std)})
+    return rows
+
+
+def _sample_std(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def paired_table(rows: Sequence[Mapping[str, object]], digits: int = 3) -> str:
+    """:func:`paired_differences` as markdown: a row per model and size."""
+    lines = ["| model | N | difference per seed | mean ± std | ahead on | beyond both spreads |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        mean, std = float(row["mean"]), float(row["std"])  # type: ignore[arg-type]
+        cell = f"{mean:+.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:+.{digits}f}"
+        lines.append(f"| {row['model']} | {row['n_labelled']} | {row['differences']} | {cell} | "
+                     f"{row['n_ahead']} of {row['n_seeds']} | {'yes' if row['beyond_spread'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_rows(rows: Sequence[Mapping[str, object]], path: str | Path) -> Path:
     """Write dict rows as CSV (columns of the first row)."""
     return write_manifest([{k: str(v) for k, v in row.items()} for row in rows], path)
