@@ -73,6 +73,14 @@ def pool_sequences(unseen: str) -> tuple[str, ...]:
     return tuple(m for m in DEMO_SEQUENCES if m != unseen)
 
 
+def pretrained_overrides(head_only_steps: float, layer_decay: float | None) -> list[str]:
+    """Fine-tuning overrides for the segmenters that start from a pretrained encoder (not scratch, not frozen)."""
+    overrides = ["--model.init_args.head_only_steps", str(head_only_steps)] if head_only_steps else []
+    if layer_decay is not None:
+        overrides += ["--model.init_args.layer_decay", str(layer_decay)]
+    return overrides
+
+
 def unet_channels(unseen: str) -> str:
     """The U-Net's fixed input channels (JSON): the pool's sequences, then the unseen one under its new name."""
     return json.dumps([*pool_sequences(unseen), UNSEEN_NAMES[unseen]])
@@ -181,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Pretrained segmenters (not scratch) train the head alone for this many steps (or this "
                              "fraction of --steps, below 1) before the encoder joins (SegmentationModule's "
                              "head_only_steps; default: 0, all together).")
+    parser.add_argument("--pretrained-layer-decay", type=float, default=None,
+                        help="Layer-wise lr decay of the pretrained segmenters' encoders (not scratch; 1: none; "
+                             "default: the fine-tuning config's, 0.75 as in MAE/BEiT fine-tuning).")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                         help="Fine-tune every segmenter on augmented crops (random affine, bias field, gamma, noise; "
                              "flips always). --no-augment: flips only.")
@@ -218,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--pool, --pretrain-steps and --steps must be >= 1")
     if args.head_only_steps < 0:
         parser.error(f"--head-only-steps must be >= 0, got {args.head_only_steps:g}")
+    if args.pretrained_layer_decay is not None and not 0 < args.pretrained_layer_decay <= 1:
+        parser.error(f"--pretrained-layer-decay must lie in (0, 1], got {args.pretrained_layer_decay:g}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     start = time.perf_counter()
@@ -253,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     unet_args = ["--model.init_args.modalities", unet_channels(args.unseen)]
     seg_stem = ["--model.init_args.head.init_args.stem", args.stem, "--model.init_args.head.init_args.fusion",
                 args.fusion]
-    head_only = ["--model.init_args.head_only_steps", str(args.head_only_steps)] if args.head_only_steps else []
+    pretrained_recipe = pretrained_overrides(args.head_only_steps, args.pretrained_layer_decay)
     records: list[dict[str, object]] = []
     for seed in args.seeds:
         for size, subjects in le.nested_subsets(LABELLED_POOL, args.sizes, seed).items():
@@ -266,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                       "unet": ("U-Net (fixed channels)", unet, unet_args)}
             for variant, (name, _) in variants.items():
                 if variant == "pretrained" or size in args.ablation_sizes:
-                    models[variant] = (name, seg, [*seg_stem, *head_only,
+                    models[variant] = (name, seg, [*seg_stem, *pretrained_recipe,
                                                    "--model.init_args.pretrained", str(checkpoints[variant])])
             if size in args.ablation_sizes:  # do the encoder's features matter? pretrained and random, frozen
                 frozen = [*seg_stem, "--model.init_args.freeze_encoder", "full"]
@@ -320,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
               f"pretraining steps, {args.steps} fine-tuning steps per segmenter (BrainFM stem `{args.stem}`, fusion "
               f"`{args.fusion}`), seeds "
               f"{args.seeds}; labelled lesions `{args.lesions}`; pretrained segmenters' head-only steps "
-              f"{args.head_only_steps:g}; fine-tuning crops "
+              f"{args.head_only_steps:g}, layer decay "
+              + (f"{args.pretrained_layer_decay:g}" if args.pretrained_layer_decay is not None else "of the config")
+              + "; fine-tuning crops "
               + ("augmented (affine, bias field, gamma, noise, flips)" if args.augment else "flipped only")
               + f"; wall time {total / 60:.1f} min"
               + (" (this invocation; trainings and evaluations found under --work were reused)" if args.reuse else "")

@@ -90,6 +90,22 @@ def test_help_and_bad_values(capsys):
     with pytest.raises(SystemExit) as bad:
         script.main(["--head-only-steps", "-1"])
     assert bad.value.code == 2 and "--head-only-steps must be >= 0, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        script.main(["--pretrained-layer-decay", "1.5"])
+    assert bad.value.code == 2 and "--pretrained-layer-decay must lie in (0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_pretrained_segmenters_take_their_own_layer_decay_and_head_only_steps():
+    from brainfm_lightning.commands.config import build_from_configs
+
+    assert script.pretrained_overrides(0.0, None) == []  # the fine-tuning config's own recipe
+    overrides = script.pretrained_overrides(100, 1.0)  # as `brainfm fit` options: --KEY VALUE ...
+    configs = [str(script.CONFIGS / "finetune/seg_demo.yaml"), str(script.CONFIGS / "model/test.yaml")]
+    module, _ = build_from_configs(configs, [(key.removeprefix("--"), value)
+                                             for key, value in zip(overrides[::2], overrides[1::2], strict=True)])
+    assert module.hparams.layer_decay == 1.0 and module.hparams.head_only_steps == 100
+    default, _ = build_from_configs(configs, [])
+    assert default.hparams.layer_decay == 0.75 and default.hparams.head_only_steps == 0
 
 
 def test_each_lesion_kind_has_its_labelled_folder():
