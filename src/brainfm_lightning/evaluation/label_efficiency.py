@@ -116,6 +116,10 @@ def nanmean(values: Iterable[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
+def _sample_std(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
 def aggregate(runs: Iterable[Mapping[str, object]], metrics: Sequence[str] = CURVE_METRICS) -> list[dict[str, object]]:
     """Mean and spread over seeds of each (model, labelled subjects, condition).
 
@@ -148,7 +152,7 @@ def aggregate(runs: Iterable[Mapping[str, object]], metrics: Sequence[str] = CUR
             per_seed = [nanmean(case[metric] for case in r["cases"]) for r in group]  # type: ignore[attr-defined]
             finite = np.array([v for v in per_seed if not math.isnan(v)])
             row[f"{metric}_mean"] = float(finite.mean()) if len(finite) else math.nan
-            row[f"{metric}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
+            row[f"{metric}_std"] = _sample_std(finite)
         rows.append(row)
     order = {m: i for i, m in enumerate(models)}
     return sorted(rows, key=lambda r: (order[str(r["model"])], int(r["n_labelled"]),  # type: ignore[call-overload]
@@ -203,10 +207,6 @@ def paired_differences(runs: Iterable[Mapping[str, object]], reference: str, met
                      "model_std": model_std, "reference_std": reference_std,
                      "beyond_spread": len(seeds) > 1 and abs(mean) > max(model_std, reference_std)})
     return rows
-
-
-def _sample_std(values: np.ndarray) -> float:
-    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
 def paired_table(rows: Sequence[Mapping[str, object]], digits: int = 3) -> str:
