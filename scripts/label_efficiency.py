@@ -32,7 +32,8 @@ SYNTHETIC demo data at 4 mm, 32^3 crops, the ``small`` preset with 8^3 patches (
 Writes to ``--out``: ``results.csv`` (one row per model, size, condition: mean and sample std over seeds of the
 per-seed test means of Dice, HD95 in mm and lesion-wise F1, and Dice on the cases with a lesion apart from the
 fraction of lesion-free cases left empty), ``runs.csv`` (every run), ``probe.csv``,
-``paired.csv`` (each model minus the scratch BrainFM, seed by seed: the same subjects, so their draw cancels),
+``paired.csv`` (each model minus the scratch BrainFM, and each ablation and frozen encoder minus the pretrained
+BrainFM, seed by seed: the same subjects, so their draw cancels),
 ``results.md`` (tables, command, timings) and ``label_efficiency.png`` (the curves).
 Runs in one process (the commands' own entry point, ``brainfm_lightning.cli.main``), so no run pays Python's start-up.
 """
@@ -60,6 +61,9 @@ VAL = [f"sub-{k:03d}" for k in range(33, 37)]
 LABELLED_POOL = [f"sub-{k:03d}" for k in range(1, 33)]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 SCRATCH = "BrainFM (scratch)"  # the reference of the paired differences: what pretraining is measured against
+METHOD = "BrainFM (pretrained)"  # ... and of the ablations and frozen encoders: what each change costs the method
+FROZEN = {"frozen_random": "BrainFM (frozen random encoder)",
+          "frozen_pretrained": "BrainFM (frozen pretrained encoder)"}
 PAIRED_METRICS = {"dice": "Dice", "dice_with_lesion": "Dice on the test cases with a lesion"}
 ABLATIONS = {  # name -> (table name, pretraining overrides)
     "no_cln": ("BrainFM (no CLN)", ["--model.init_args.net.init_args.conditioning", "none"]),
@@ -217,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from brainfm_lightning.evaluation import label_efficiency as le
+    from brainfm_lightning.evaluation import label_efficiency_report as tables
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -252,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1. pretraining, once per variant
     pretrain_steps = ["--trainer.max_steps", str(args.pretrain_steps), "--trainer.max_epochs", "-1",
                       "--trainer.check_val_every_n_epoch", "1000000"]
-    variants = {"pretrained": ("BrainFM (pretrained)", [])} | {a: ABLATIONS[a] for a in args.ablations}
+    variants = {"pretrained": (METHOD, [])} | {a: ABLATIONS[a] for a in args.ablations}
     checkpoints = {}
     for variant, (_, overrides) in variants.items():
         checkpoints[variant] = run.fit(f"pretrain_{variant}", ["pretrain/quickstart.yaml", *net],
@@ -283,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
                                                    "--model.init_args.pretrained", str(checkpoints[variant])])
             if size in args.ablation_sizes:  # do the encoder's features matter? pretrained and random, frozen
                 frozen = [*seg_stem, "--model.init_args.freeze_encoder", "full"]
-                models["frozen_random"] = ("BrainFM (frozen random encoder)", seg, frozen)
+                models["frozen_random"] = (FROZEN["frozen_random"], seg, frozen)
                 pretrained = ["--model.init_args.pretrained", str(checkpoints["pretrained"])]
-                models["frozen_pretrained"] = ("BrainFM (frozen pretrained encoder)", seg, [*frozen, *pretrained])
+                models["frozen_pretrained"] = (FROZEN["frozen_pretrained"], seg, [*frozen, *pretrained])
             for key, (name, configs, extra) in models.items():
                 if args.only and key not in args.only:
                     continue
@@ -311,19 +316,18 @@ def main(argv: list[str] | None = None) -> int:
         probe_rows = frozen_feature_probes([CONFIGS / "pretrain/quickstart.yaml", CONFIGS / net[0], data],
                                            checkpoints["pretrained"], args.seeds)
         args.out.mkdir(parents=True, exist_ok=True)
-        le.write_rows(probe_rows, args.out / "probe.csv")
+        tables.write_rows(probe_rows, args.out / "probe.csv")
 
     summary = le.aggregate(records, le.REPORT_METRICS)
     args.out.mkdir(parents=True, exist_ok=True)
-    le.write_rows(summary, args.out / "results.csv")
-    le.write_rows([{k: v for k, v in r.items() if k != "cases"} | {
+    tables.write_rows(summary, args.out / "results.csv")
+    tables.write_rows([{k: v for k, v in r.items() if k != "cases"} | {
         m: le.nanmean(c[m] for c in r["cases"]) for m in le.REPORT_METRICS} for r in records],  # type: ignore[union-attr]
         args.out / "runs.csv")
-    paired = [row for metric in PAIRED_METRICS
-              for row in le.paired_differences(records, reference=SCRATCH, metric=metric)]
+    paired = paired_rows(records)
     if paired:
-        le.write_rows(paired, args.out / "paired.csv")
-    le.plot_curves(summary, args.out / "label_efficiency.png",
+        tables.write_rows(paired, args.out / "paired.csv")
+    tables.plot_curves(summary, args.out / "label_efficiency.png",
                    conditions=("all",), metrics=("dice", "dice_with_lesion", "lesion_f1"))
     total = time.perf_counter() - start
     command = "python scripts/label_efficiency.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -344,12 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     for metric, title in (("dice", "Dice"), ("hd95", "HD95 (mm)"), ("lesion_f1", "Lesion-wise F1"),
                           ("dice_with_lesion", "Dice on the test cases with a lesion"),
                           ("clean_without_lesion", "Lesion-free test cases left empty (fraction)")):
-        report += [f"## {title}", "", le.markdown_table(summary, metric)]
-    for metric, title in PAIRED_METRICS.items():
-        rows = [row for row in paired if row["metric"] == metric]
-        if rows:
-            report += [f"## {title}: each model minus {SCRATCH}, seed by seed (same subjects), every sequence", "",
-                       le.paired_table(rows)]
+        report += [f"## {title}", "", tables.markdown_table(summary, metric)]
+    for reference, title in ((SCRATCH, "each model"), (METHOD, "each ablation and frozen encoder")):
+        for metric, metric_title in PAIRED_METRICS.items():
+            rows = [row for row in paired if row["metric"] == metric and row["reference"] == reference]
+            if rows:
+                report += [f"## {metric_title}: {title} minus {reference}, seed by seed (same subjects), every "
+                           "sequence", "", tables.paired_table(rows)]
     if probe_rows:
         report += ["## Frozen features (test split)", "", "| encoder | target | probe | score | value |",
                    "|---|---|---|---|---|"]
@@ -361,6 +366,17 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(report[:-1]))
     print(f"wrote {args.out}/results.md, results.csv, runs.csv, label_efficiency.png")
     return 0
+
+
+def paired_rows(records: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """Seed-by-seed differences: every model minus the scratch BrainFM (does pretraining pay?), and each ablation and
+    frozen encoder minus the pretrained BrainFM (what does each change cost the method?), for ``PAIRED_METRICS``."""
+    from brainfm_lightning.evaluation import label_efficiency as le
+
+    variants_of_method = {name for name, _ in ABLATIONS.values()} | set(FROZEN.values())
+    return [row for reference in (SCRATCH, METHOD) for metric in PAIRED_METRICS
+            for row in le.paired_differences(records, reference=reference, metric=metric)
+            if reference == SCRATCH or row["model"] in variants_of_method]
 
 
 def frozen_feature_probes(configs: Sequence[Path], checkpoint: Path, seeds: Sequence[int]) -> list[dict[str, object]]:

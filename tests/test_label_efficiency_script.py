@@ -114,3 +114,21 @@ def test_each_lesion_kind_has_its_labelled_folder():
     roots = {kind: script.labelled_root(kind) for kind in LESION_KINDS}
     assert roots["ms"] == script.REPO / "data/demo_4mm"  # where every earlier run's labelled set lies
     assert roots["heterotopia"] == script.REPO / "data/demo_4mm_heterotopia"
+
+
+def test_paired_rows_set_pretraining_against_scratch_and_each_variant_against_the_method():
+    dice = {script.METHOD: [0.7, 0.5, 0.8], script.SCRATCH: [0.5, 0.4, 0.3], "U-Net (fixed channels)": [0.6] * 3,
+            "BrainFM (no VICReg)": [0.5, 0.3, 0.6], script.FROZEN["frozen_random"]: [0.1, 0.2, 0.3]}
+    records = [{"model": model, "n_labelled": 8, "seed": seed, "condition": "all",
+                "cases": [{"dice": d, "dice_with_lesion": d / 2}]}
+               for model, values in dice.items() for seed, d in enumerate(values)]
+    rows = script.paired_rows(records)
+    pairs = {(r["model"], r["reference"], r["metric"]) for r in rows}
+    variants = ("BrainFM (no VICReg)", script.FROZEN["frozen_random"])
+    for metric in script.PAIRED_METRICS:
+        assert {m for m, ref, k in pairs if ref == script.SCRATCH and k == metric} == set(dice) - {script.SCRATCH}
+        assert {m for m, ref, k in pairs if ref == script.METHOD and k == metric} == set(variants)
+    no_vicreg = next(r for r in rows if r["model"] == "BrainFM (no VICReg)" and r["reference"] == script.METHOD
+                     and r["metric"] == "dice")
+    assert no_vicreg["differences"] == "-0.200 -0.200 -0.200" and no_vicreg["n_ahead"] == 0
+    assert no_vicreg["mean"] == pytest.approx(-0.2)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from brainfm_lightning.evaluation import label_efficiency as le
+from brainfm_lightning.evaluation import label_efficiency_report as tables
 from brainfm_lightning.evaluation.probe import pooled_features, probe_scores
 from brainfm_lightning.models import ModalityMAE
 
@@ -101,10 +102,10 @@ def test_table_and_curve_show_mean_and_spread(tmp_path):
              "cases": [{"dice": 0.1 * n + 0.01 * s + (0.1 if m == "P" else 0.0), "hd95": 1.0, "lesion_f1": 0.5}]}
             for m in ("P", "S") for n in (2, 4) for s in (0, 1, 2)]
     rows = le.aggregate(runs)
-    table = le.markdown_table(rows, "dice")
+    table = tables.markdown_table(rows, "dice")
     assert table.splitlines()[0] == "| model | condition | N=2 | N=4 |"
     assert "| P | all | 0.310 ± 0.010 | 0.510 ± 0.010 |" in table
-    png = le.plot_curves(rows, tmp_path / "curve.png")
+    png = tables.plot_curves(rows, tmp_path / "curve.png")
     assert png.stat().st_size > 10_000
 
 
@@ -130,7 +131,7 @@ def test_paired_differences_subtract_the_reference_seed_by_seed():
     runs[0]["cases"] = [{"dice": 0.1}]  # seed 0: P 0.1 against S 0.5, so P is no longer ahead beyond the spread
     p = le.paired_differences(runs, reference="S")[0]
     assert p["n_ahead"] == 2 and p["beyond_spread"] is False
-    table = le.paired_table(rows)
+    table = tables.paired_table(rows)
     assert "| P | 8 | +0.200 +0.100 +0.500 | +0.267 ± 0.208 | 3 of 3 | yes |" in table
     assert "| U | 8 | -0.200 | -0.200 | 0 of 1 | no |" in table
 
