@@ -102,6 +102,11 @@ def evaluation_overrides(model: str, stem: str, unseen: str, fusion: str = "mean
             "--set", f"model.init_args.head.init_args.fusion={fusion}"]
 
 
+def evaluation_folder(min_lesion_ml: float) -> str:
+    """Where a segmenter's test scores go: ``robustness``, or ``robustness_min<ML>ml`` when post-processed."""
+    return f"robustness_min{min_lesion_ml:g}ml" if min_lesion_ml else "robustness"
+
+
 def config_args(configs: Sequence[str | Path]) -> list[str]:
     """``--config`` options, composed left to right (names relative to ``configs/``)."""
     return [item for c in configs for item in ("--config", str(c if Path(c).is_absolute() else CONFIGS / c))]
@@ -196,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained-layer-decay", type=float, default=None,
                         help="Layer-wise lr decay of the pretrained segmenters' encoders (not scratch; 1: none; "
                              "default: the fine-tuning config's, 0.75 as in MAE/BEiT fine-tuning).")
+    parser.add_argument("--min-lesion-ml", type=float, default=0.0,
+                        help="Post-processing of every segmenter's test masks: clear predicted lesions smaller than "
+                             "this many ml before scoring (brainfm evaluate robustness --min-lesion-ml; the smallest "
+                             "lesion of the labelled pool is about 4 ml). Default: 0, none. Scores land in "
+                             "robustness_min<ML>ml/ beside the raw ones, so --reuse rescoring retrains nothing.")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                         help="Fine-tune every segmenter on augmented crops (random affine, bias field, gamma, noise; "
                              "flips always). --no-augment: flips only.")
@@ -234,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--pool, --pretrain-steps and --steps must be >= 1")
     if args.head_only_steps < 0:
         parser.error(f"--head-only-steps must be >= 0, got {args.head_only_steps:g}")
+    if not args.min_lesion_ml >= 0:
+        parser.error(f"--min-lesion-ml must be >= 0, got {args.min_lesion_ml:g}")
     if args.pretrained_layer_decay is not None and not 0 < args.pretrained_layer_decay <= 1:
         parser.error(f"--pretrained-layer-decay must lie in (0, 1], got {args.pretrained_layer_decay:g}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -297,10 +309,11 @@ def main(argv: list[str] | None = None) -> int:
                 stage = f"{tag}_{key}"
                 configs = [*configs, data]
                 checkpoint = run.fit(stage, configs, *fine_tune, "--seed_everything", str(seed), *extra)
-                out = work / stage / "robustness"
+                out = work / stage / evaluation_folder(args.min_lesion_ml)
                 if not (args.reuse and (out / "robustness_cases.csv").is_file()):
                     run(f"{stage}_evaluate", ["evaluate", "robustness", *config_args(configs), "--ckpt_path",
                                               str(checkpoint), "--out", str(out), "--max-missing", "1",
+                                              "--min-lesion-ml", str(args.min_lesion_ml),
                                               *evaluation_overrides(key, args.stem, args.unseen, args.fusion)])
                 grouped = le.condition_cases(csv.DictReader((out / "robustness_cases.csv").open()),
                                              le.REPORT_METRICS)
@@ -341,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
               + (f"{args.pretrained_layer_decay:g}" if args.pretrained_layer_decay is not None else "of the config")
               + "; fine-tuning crops "
               + ("augmented (affine, bias field, gamma, noise, flips)" if args.augment else "flipped only")
+              + (f"; predicted lesions below {args.min_lesion_ml:g} ml cleared before scoring" if args.min_lesion_ml
+                 else "")
               + f"; wall time {total / 60:.1f} min"
               + (" (this invocation; trainings and evaluations found under --work were reused)" if args.reuse else "")
               + ". Cells: mean ± sample std over seeds of each seed's mean "

@@ -93,6 +93,15 @@ def test_help_and_bad_values(capsys):
     with pytest.raises(SystemExit) as bad:
         script.main(["--pretrained-layer-decay", "1.5"])
     assert bad.value.code == 2 and "--pretrained-layer-decay must lie in (0, 1], got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        script.main(["--min-lesion-ml", "-2"])
+    assert bad.value.code == 2 and "--min-lesion-ml must be >= 0, got -2" in capsys.readouterr().err
+
+
+def test_post_processed_scores_lie_beside_the_raw_ones():
+    assert script.evaluation_folder(0.0) == "robustness"  # where every earlier run's scores lie
+    assert script.evaluation_folder(1.0) == "robustness_min1ml"
+    assert script.evaluation_folder(0.25) == "robustness_min0.25ml"
 
 
 def test_pretrained_segmenters_take_their_own_layer_decay_and_head_only_steps():

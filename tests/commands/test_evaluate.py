@@ -82,6 +82,7 @@ def _subsets(names: list[str]) -> list[list[str]]:
         ({"extra": ["--unseen-name", "FLAIR=T1"]}, "'T1' is already a modality of the data"),
         ({"extra": ["--unseen-name", "FLAIR"]}, "--unseen-name wants OLD=NEW, got 'FLAIR'"),
         ({"extra": ["--limit", "0"]}, "--limit must be >= 1, got 0"),
+        ({"extra": ["--min-lesion-ml", "-0.5"]}, "--min-lesion-ml must be >= 0, got -0.5"),
         ({"extra": ["--set", "model.head.feature_size=8"]}, "does not fit the model of the configs"),
     ],
 )

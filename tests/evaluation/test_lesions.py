@@ -1,4 +1,4 @@
-"""Lesion-wise detection against hand-made masks, including the empty cases."""
+"""Lesion-wise detection against hand-made masks, including the empty cases; removal of small lesions."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from brainfm_lightning.evaluation.lesions import lesion_metrics
+from brainfm_lightning.evaluation.lesions import lesion_metrics, remove_small_lesions
 
 
 def masks() -> tuple[np.ndarray, np.ndarray]:
@@ -58,3 +59,23 @@ def test_empty_cases():
 def test_shapes_must_match():
     with pytest.raises(ValueError, match="shape"):
         lesion_metrics(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)))
+
+
+def test_small_lesions_go_by_their_volume_in_ml_on_an_anisotropic_grid():
+    labels = np.zeros((12, 12, 12), np.int16)
+    labels[1, 1, 1] = 1  # 1 voxel of 1 x 1 x 3 mm: 0.003 ml
+    labels[9, 9, 9] = labels[10, 10, 10] = 1  # diagonal neighbours, one lesion: 0.006 ml
+    labels[4:7, 4:7, 4:6] = 1  # 18 voxels: 0.054 ml, two labels
+    labels[5, 5, 5] = 2
+    kept = remove_small_lesions(labels, (1.0, 1.0, 3.0), 0.006)  # a lesion of exactly the threshold stays
+    components, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
+    volumes = ndimage.sum(labels > 0, components, range(1, n + 1)) * 3.0 / 1000.0
+    expected = np.where(np.isin(components, 1 + np.flatnonzero(volumes >= 0.006)), labels, 0)
+    np.testing.assert_array_equal(kept, expected)
+    assert kept.dtype == np.int16 and kept[1, 1, 1] == 0 and kept[9, 9, 9] == 1 and kept[5, 5, 5] == 2
+    assert remove_small_lesions(labels, (1.0, 1.0, 3.0), 0.007)[9:11, 9:11, 9:11].sum() == 0
+    assert remove_small_lesions(labels, 1.0, 0.0) is not labels  # a copy, never the caller's array
+    np.testing.assert_array_equal(remove_small_lesions(labels, 1.0, 0.0), labels)
+    assert lesion_metrics(kept, labels, (1.0, 1.0, 3.0))["lesion_tpr"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="-1"):
+        remove_small_lesions(labels, 1.0, -1.0)

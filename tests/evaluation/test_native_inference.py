@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from torch import nn
 
 from brainfm_lightning.cli import main
@@ -268,3 +269,41 @@ def test_segment_overlay_png_shows_the_mask_over_its_scan(trained, demo_root, tm
     reddish = (pixels[..., 0] > 150) & (pixels[..., 1] < 120) & (pixels[..., 2] < 120)
     predicted = np.asarray(nib.load(tmp_path / "m.nii.gz").dataobj).any()
     assert pixels.shape[1] > 600 and (reddish.sum() > 0) == bool(predicted)
+
+
+def test_native_metrics_clear_small_predicted_lesions_on_the_masks_own_grid(tmp_path):
+    """A speck below --min-lesion-ml is a false lesion without post-processing and gone with it (int16 LPS mask,
+    anisotropic voxels: the volume is taken on the mask's grid)."""
+    affine = np.diag([-1.0, -1.0, 2.5, 1.0])  # stored LPS, 1 x 1 x 2.5 mm
+    label = np.zeros((20, 20, 12), np.int16)
+    label[8:12, 8:12, 4:8] = 1  # 64 voxels: 0.16 ml
+    nib.save(nib.Nifti1Image(label, affine), tmp_path / "seg.nii.gz")
+    prediction = label.astype(np.uint8)
+    prediction[1:3, 1:3, 1] = 1  # a false lesion of 4 voxels: 0.01 ml
+    raw, raw_lesions, _ = native_case_metrics(prediction[None], affine, tmp_path / "seg.nii.gz")
+    assert raw_lesions["predicted_lesions"] == 2 and float(raw["dice"]) < 1.0
+    cleared, lesions, spacing = native_case_metrics(prediction[None], affine, tmp_path / "seg.nii.gz",
+                                                    min_lesion_ml=0.02)
+    assert spacing == (1.0, 1.0, 2.5) and lesions["predicted_lesions"] == 1 and float(cleared["dice"]) == 1.0
+    _, too_strict, _ = native_case_metrics(prediction[None], affine, tmp_path / "seg.nii.gz", min_lesion_ml=0.2)
+    assert too_strict["predicted_lesions"] == 0 and too_strict["lesion_f1"] == 0.0
+
+
+def test_segment_min_lesion_ml_clears_small_lesions_from_the_written_mask(trained, demo_root, tmp_path):
+    flair = demo_root / "sub-005/ses-01/FLAIR.nii.gz"
+    _store_as(flair, tmp_path / "flair.nii.gz", "LPS", np.int16)
+    scan = ["--scan", f"FLAIR={tmp_path / 'flair.nii.gz'}"]
+    assert main(["segment", "--ckpt", str(trained), *scan, "--out", str(tmp_path / "all.nii.gz")]) == 0
+    everything = np.asarray(nib.load(tmp_path / "all.nii.gz").dataobj)
+    components, n = ndimage.label(everything > 0, structure=np.ones((3, 3, 3)))
+    assert n >= 1, "the 2-step segmenter predicts some foreground to clear"
+    voxel_ml = float(np.prod(nib.load(tmp_path / "flair.nii.gz").header.get_zooms()[:3])) / 1000.0
+    volumes = np.bincount(components.ravel())[1:] * voxel_ml
+    threshold = float(np.median(volumes)) + 1e-6
+    assert main(["segment", "--ckpt", str(trained), *scan, "--out", str(tmp_path / "big.nii.gz"),
+                 "--min-lesion-ml", str(threshold)]) == 0
+    kept = np.asarray(nib.load(tmp_path / "big.nii.gz").dataobj)
+    expected = np.where(np.isin(components, 1 + np.flatnonzero(volumes >= threshold)), everything, 0)
+    np.testing.assert_array_equal(kept, expected)
+    assert main(["segment", "--ckpt", str(trained), *scan, "--out", str(tmp_path / "x.nii.gz"),
+                 "--min-lesion-ml", "-1"]) == 2

@@ -75,3 +75,16 @@ def test_every_subset_of_every_session_is_scored_and_reported(tmp_path):
 def test_no_sessions_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no session to evaluate"):
         evaluate_modality_subsets(FlairOnlySegmenter(torch.zeros(1, 1, 4, 4, 4)), [None], tmp_path)
+
+
+def test_min_lesion_ml_clears_a_false_speck_before_scoring(tmp_path):
+    lesion = torch.zeros(1, 1, 8, 8, 8, dtype=torch.uint8)
+    lesion[..., 2:5, 2:5, 2:5] = 1  # 27 voxels of 8 mm^3: 0.216 ml
+    speckled = lesion.clone()
+    speckled[..., 7, 7, 7] = 1  # one voxel, 0.008 ml, far from the lesion
+    batch = {"images": torch.randn(1, 1, 8, 8, 8), "present": torch.tensor([[True]]), "modalities": [["FLAIR"]],
+             "session_ids": ["sub-1_ses-1"], "label": lesion}
+    raw = evaluate_modality_subsets(FlairOnlySegmenter(speckled), [batch], tmp_path / "raw", spacing=2.0)
+    cleared = evaluate_modality_subsets(FlairOnlySegmenter(speckled), [batch], tmp_path / "cleared", spacing=2.0,
+                                        min_lesion_ml=0.01)
+    assert raw[0]["dice"] == pytest.approx(2 * 27 / (28 + 27)) and cleared[0]["dice"] == 1.0

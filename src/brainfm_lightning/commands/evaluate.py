@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     robustness.add_argument("--max-missing", type=int, default=None, metavar="K",
                             help="Only the subsets lacking at most K of a session's modalities (1: the full set and "
                                  "each one left out; default: every subset).")
+    robustness.add_argument("--min-lesion-ml", type=float, default=0.0, metavar="ML",
+                            help="Post-processing: clear predicted lesions (26-connected) smaller than ML millilitres "
+                                 "before scoring, as brainfm segment --min-lesion-ml does (default: 0, keep all).")
     robustness.add_argument("--limit", type=int, default=None, metavar="N",
                             help="Evaluate the first N test batches only (default: all).")
     robustness.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -185,6 +188,8 @@ def run_robustness(args: argparse.Namespace) -> int:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
         if args.max_missing is not None and args.max_missing < 0:
             raise ValueError(f"--max-missing must be >= 0, got {args.max_missing}")
+        if not args.min_lesion_ml >= 0:
+            raise ValueError(f"--min-lesion-ml must be >= 0, got {args.min_lesion_ml}")
         module, datamodule = load_trained(args.config, args.ckpt_path, args.overrides)
         if hasattr(datamodule, "modality_names"):
             check_renames(renames, datamodule.modality_names)
@@ -205,7 +210,7 @@ def run_robustness(args: argparse.Namespace) -> int:
     batches = renamed_batches(datamodule.test_dataloader(), renames, device, args.limit)
     try:
         summary = evaluate_modality_subsets(module, batches, out, module.num_classes, spacing or 1.0,
-                                            args.max_missing)
+                                            args.max_missing, args.min_lesion_ml)
     except (ValueError, TextEncoderUnavailableError) as error:  # e.g. a name without a U-Net channel, no data
         return _fail(str(error))
     print(f"robustness of {args.ckpt_path} on the test split, per modality subset (written to {out}):")

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -53,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "else 1.0).")
     segment.add_argument("--tta", action="store_true",
                          help="Flip test-time augmentation: average with the left-right mirrored prediction.")
+    segment.add_argument("--min-lesion-ml", type=float, default=0.0, metavar="ML",
+                         help="Post-processing: clear predicted lesions (26-connected components of the mask, on the "
+                              "output grid) smaller than ML millilitres (default: 0, keep all). Choose it on "
+                              "validation cases, e.g. with brainfm evaluate robustness --min-lesion-ml.")
     segment.add_argument("--sw-batch-size", type=int, default=2, metavar="N",
                          help="Sliding windows per forward pass (default: %(default)s).")
     segment.add_argument("--sw-overlap", type=float, default=0.5, metavar="F",
@@ -195,6 +200,8 @@ def run_segment(args: argparse.Namespace) -> int:
         if args.sw_batch_size < 1 or not 0.0 <= args.sw_overlap < 1.0:
             raise ValueError(f"--sw-batch-size must be >= 1 and --sw-overlap in [0, 1), got {args.sw_batch_size} "
                              f"and {args.sw_overlap}")
+        if not args.min_lesion_ml >= 0:
+            raise ValueError(f"--min-lesion-ml must be >= 0, got {args.min_lesion_ml}")
         if not str(args.out).endswith((".nii", ".nii.gz")):
             raise ValueError(f"--out {args.out} must end with .nii or .nii.gz")
         network, preprocessing = load_segmenter(args.ckpt)
@@ -208,6 +215,10 @@ def run_segment(args: argparse.Namespace) -> int:
     except (ScanError, ValueError) as error:  # a scan that cannot be used, or names the table cannot embed
         return fail(str(error))
     reference = scans[next(iter(scans))]
+    if args.min_lesion_ml:
+        from brainfm_lightning.evaluation.lesions import remove_small_lesions
+
+        labels = remove_small_lesions(labels, nib.affines.voxel_sizes(nib.load(reference).affine), args.min_lesion_ml)
     write_like(labels, reference, args.out)
     if args.probabilities:
         write_like(probabilities[1:], reference, args.probabilities, dtype=np.float32)

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from brainfm_lightning.evaluation.lesions import remove_small_lesions
 from brainfm_lightning.evaluation.metrics import SEGMENTATION_METRICS, segmentation_metrics, write_metrics_csv
 from brainfm_lightning.evaluation.native import native_case_metrics
 
@@ -44,6 +45,7 @@ def evaluate_modality_subsets(
     num_classes: int = 2,
     spacing: float | Sequence[float] = 1.0,
     max_missing: int | None = None,
+    min_lesion_ml: float = 0.0,
 ) -> list[dict[str, object]]:
     """Segment each session once per non-empty subset of its modalities (others dropped through ``present``).
 
@@ -62,6 +64,9 @@ def evaluate_modality_subsets(
         spacing: Voxel spacing in mm for HD95.
         max_missing: Only the subsets that lack at most this many of a session's modalities (``1``: the full set
             and each one left out, what a leave-one-out table needs); ``None``: every subset.
+        min_lesion_ml: Post-processing: predicted lesions smaller than this (ml) are cleared before scoring, on
+            the mask's grid for whole volumes (:func:`~brainfm_lightning.evaluation.lesions.remove_small_lesions`;
+            0: none).
 
     Returns:
         The summary rows: ``subset``, ``n_modalities``, ``n_cases`` and the mean of each metric.
@@ -83,8 +88,12 @@ def evaluate_modality_subsets(
                 lesions: dict[str, float] = {}
                 if batch.get("label_paths") is not None:
                     metrics, lesions, _ = native_case_metrics(prediction[0].to(torch.uint8).cpu().numpy(),
-                                                              batch["affines"][i], batch["label_paths"][i], num_classes)
+                                                              batch["affines"][i], batch["label_paths"][i], num_classes,
+                                                              min_lesion_ml)
                 else:
+                    if min_lesion_ml:
+                        kept_labels = remove_small_lesions(prediction[0, 0].cpu().numpy(), spacing, min_lesion_ml)
+                        prediction = torch.from_numpy(kept_labels)[None, None].to(prediction.device)
                     metrics = segmentation_metrics(prediction, batch["label"][i : i + 1].to(prediction.device),
                                                    num_classes, spacing)
                 names = [batch["modalities"][i][m] for m in subset]
