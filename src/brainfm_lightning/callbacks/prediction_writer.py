@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import nibabel as nib
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from typing_extensions import override
 
 from brainfm_lightning.data.geometry import to_reference_space, write_like
+from brainfm_lightning.evaluation.lesions import remove_small_lesions
 
 
 def predictions_folder(trainer: L.Trainer, output_dir: str | Path | None) -> Path:
@@ -72,18 +74,24 @@ class SegmentationWriter(BasePredictionWriter):
     :func:`~brainfm_lightning.data.geometry.to_reference_space`) and written as ``<subject>_<session>_seg.nii.gz``:
     uint8 labels with exactly the reference's shape, affine and qform/sform. With ``probabilities``, the softmax of
     each foreground class is written next to it as ``<subject>_<session>_prob.nii.gz`` (float32, one volume per
-    class, linear resampling). Each rank writes the sessions it predicted, as soon as a batch is done; Lightning
-    is told not to keep the predictions in memory.
+    class, linear resampling). With ``min_lesion_ml``, predicted lesions smaller than that are cleared from the
+    mask on the reference grid first (:func:`~brainfm_lightning.evaluation.lesions.remove_small_lesions`, as
+    ``brainfm segment --min-lesion-ml``). Each rank writes the sessions it predicted, as soon as a batch is done;
+    Lightning is told not to keep the predictions in memory.
 
     Args:
         output_dir: Folder of the masks (created); ``None``: ``<trainer.default_root_dir>/predictions``.
         probabilities: Also write the foreground probability maps.
+        min_lesion_ml: Smallest predicted lesion written, in ml (0: all).
     """
 
-    def __init__(self, output_dir: str | None = None, probabilities: bool = False) -> None:
+    def __init__(self, output_dir: str | None = None, probabilities: bool = False, min_lesion_ml: float = 0.0) -> None:
         super().__init__(write_interval="batch")
+        if not min_lesion_ml >= 0:
+            raise ValueError(f"SegmentationWriter min_lesion_ml must be >= 0, got {min_lesion_ml}")
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.probabilities = probabilities
+        self.min_lesion_ml = min_lesion_ml
         self.written: list[Path] = []
 
     @override
@@ -107,6 +115,9 @@ class SegmentationWriter(BasePredictionWriter):
         for i, session_id in enumerate(prediction["session_ids"]):
             affine, reference = prediction["affines"][i], prediction["references"][i]
             native = to_reference_space(labels[i], affine, reference)[0]
+            if self.min_lesion_ml:
+                spacing = nib.affines.voxel_sizes(nib.load(reference).affine)
+                native = remove_small_lesions(native, spacing, self.min_lesion_ml)
             self.written.append(write_like(native, reference, folder / mask_file_name(session_id)))
             if self.probabilities and "probabilities" in prediction:
                 maps = prediction["probabilities"][i, 1:].float().numpy()
