@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     segment.add_argument("--min-lesion-ml", type=float, default=0.0, metavar="ML",
                          help="Post-processing: clear predicted lesions (26-connected components of the mask, on the "
                               "output grid) smaller than ML millilitres (default: 0, keep all). Choose it on "
-                              "validation cases, e.g. with brainfm evaluate robustness --min-lesion-ml.")
+                              "labelled cases outside your test set: brainfm evaluate robustness --min-lesion-ml "
+                              "scores the same way.")
     segment.add_argument("--sw-batch-size", type=int, default=2, metavar="N",
                          help="Sliding windows per forward pass (default: %(default)s).")
     segment.add_argument("--sw-overlap", type=float, default=0.5, metavar="F",
