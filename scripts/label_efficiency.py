@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     if paired:
         tables.write_rows(paired, args.out / "paired.csv")
     tables.plot_curves(summary, args.out / "label_efficiency.png",
-                   conditions=("all",), metrics=("dice", "dice_with_lesion", "lesion_f1"))
+                       conditions=("all",), metrics=("dice", "dice_with_lesion", "lesion_f1"))
     total = time.perf_counter() - start
     command = "python scripts/label_efficiency.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = [f"# Label efficiency on the SYNTHETIC demo data at 4 mm (test split: {len(TEST)} subjects)", "",
