@@ -6,6 +6,7 @@ import pytest
 
 from brainfm_lightning.commands.config import (
     ConfigurationError,
+    command_line_model_keys,
     extended_configs,
     parse_set_overrides,
     with_extended_configs,
@@ -66,3 +67,10 @@ def test_bad_extends_fail_naming_the_files(tmp_path, files, message):
 def test_extends_on_the_command_line_is_refused_pointing_to_config():
     with pytest.raises(ConfigurationError, match="extends is a key of config files.*--config FRAGMENT"):
         with_extended_configs(["fit", "--extends", "fragment.yaml"])
+
+
+def test_command_line_model_keys_drop_the_models_init_args_and_any_value():
+    argv = ["test", "--config", "seg.yaml", "--model.sw_overlap", "0.6", "--model.init_args.head.init_args.stem=mean",
+            "--data.root", "x", "--trainer.callbacks+=X", "--ckpt_path", "c.ckpt"]
+    assert command_line_model_keys(argv) == ["sw_overlap", "head.init_args.stem"]
+    assert command_line_model_keys([]) == []

@@ -307,3 +307,28 @@ def test_segment_min_lesion_ml_clears_small_lesions_from_the_written_mask(traine
     np.testing.assert_array_equal(kept, expected)
     assert main(["segment", "--ckpt", str(trained), *scan, "--out", str(tmp_path / "x.nii.gz"),
                  "--min-lesion-ml", "-1"]) == 2
+
+
+def test_with_a_checkpoint_the_command_line_model_options_win_and_the_rest_comes_from_it(
+    trained, demo_root, tmp_path, monkeypatch
+):
+    """LightningCLI applies a checkpoint's hyperparameters over everything; ours keep explicit ``--model.*``."""
+    import functools
+
+    import lightning as L
+
+    tested = []
+
+    @functools.wraps(L.Trainer.test)  # LightningCLI reads the subcommand's options from this signature
+    def keep_the_model(self, model=None, *args, **kwargs):
+        tested.append(model)
+
+    monkeypatch.setattr(L.Trainer, "test", keep_the_model)
+    args = seg_args(demo_root, tmp_path, "--ckpt_path", str(trained), "--model.sw_overlap", "0.6",
+                    "--model.init_args.min_lr_ratio=0.1")
+    at = args.index("--model.head.feature_size")
+    del args[at : at + 2]  # the fit's command-line decoder width (4, not the config's) must come from the checkpoint
+    assert main(["test", *args]) == 0
+    model = tested[0]
+    assert model.hparams.sw_overlap == 0.6 and model.hparams.min_lr_ratio == 0.1
+    assert model.segmenter.feature_size == 4

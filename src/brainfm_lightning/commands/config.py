@@ -194,13 +194,29 @@ def pin_loggers_to_slurm_job(trainer_config: Namespace) -> None:
     trainer_config["logger"] = logger
 
 
+def command_line_model_keys(argv: Sequence[str]) -> list[str]:
+    """The model options named on a command line, without the model's own ``init_args.``.
+
+    ``--model.init_args.head.init_args.stem x`` and ``--model.head.init_args.stem=x`` both give
+    ``head.init_args.stem``.
+    """
+    keys = []
+    for token in argv:
+        if isinstance(token, str) and token.startswith("--model."):
+            key = token[len("--model."):].split("=", 1)[0]
+            keys.append(key.removeprefix("init_args."))
+    return keys
+
+
 class BrainFMCLI(LightningCLI):
     """LightningCLI in omegaconf mode, with models and datamodules chosen by ``class_path``.
 
     Every run writes checkpoints atomically (:class:`AtomicCheckpointIO`, unless the config names another
     ``CheckpointIO``), and under Slurm logs to the job's run (:func:`pin_loggers_to_slurm_job`). A config file's
     top-level ``extends: FRAGMENT`` (paths relative to the file) applies ``FRAGMENT`` as a ``--config`` right before
-    the file (:func:`with_extended_configs`).
+    the file (:func:`with_extended_configs`). With ``--ckpt_path``, the checkpoint's hyperparameters rebuild the
+    model over the config files, as LightningCLI does, but a ``--model.*`` option given on the command line keeps
+    its value (LightningCLI 2.6 would silently replace it by the checkpoint's, :meth:`_parse_ckpt_path`).
     """
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
@@ -209,10 +225,25 @@ class BrainFMCLI(LightningCLI):
         Raises:
             ConfigurationError: A bad ``extends`` (named).
         """
+        command_line = sys.argv[1:] if args is None else args
+        self._model_options = command_line_model_keys(command_line if isinstance(command_line, list | tuple) else [])
         if args is None:  # the process's own arguments; LightningCLI warns about args only when given explicitly
             self.config = parser.parse_args(with_extended_configs(sys.argv[1:]))
         else:
             super().parse_arguments(parser, args if isinstance(args, dict | Namespace) else with_extended_configs(args))
+
+    def _parse_ckpt_path(self) -> None:
+        """Apply the checkpoint's hyperparameters (LightningCLI's), then restore the command line's ``--model.*``."""
+        subcommand = self.config.get("subcommand")
+        given = self.config.clone() if subcommand else None
+        super()._parse_ckpt_path()
+        if given is None:
+            return
+        for key in getattr(self, "_model_options", []):
+            for full in (f"{subcommand}.model.init_args.{key}", f"{subcommand}.model.{key}"):
+                if full in given:
+                    self.config[full] = given[full]
+                    break
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a constructor's ``ValueError`` becomes a :class:`ConfigurationError`.
