@@ -12,6 +12,17 @@ LESION_METRICS = ("lesion_f1", "lesion_tpr", "lesion_ppv", "reference_lesions", 
                   "reference_volume_ml", "predicted_volume_ml")
 
 
+def _voxel_ml(spacing: float | Sequence[float]) -> float:
+    """Volume of one voxel in millilitres, from its spacing in mm (one value or one per axis)."""
+    spacings = [float(spacing)] * 3 if isinstance(spacing, int | float) else [float(s) for s in spacing]
+    return math.prod(spacings) / 1000.0
+
+
+def _lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The lesions of a boolean mask: its 26-connected components (labelled 1..n) and their number."""
+    return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+
+
 def lesion_metrics(
     prediction: np.ndarray, reference: np.ndarray, spacing: float | Sequence[float] = 1.0
 ) -> dict[str, float]:
@@ -35,11 +46,9 @@ def lesion_metrics(
     predicted, truth = np.asarray(prediction) > 0, np.asarray(reference) > 0
     if predicted.shape != truth.shape:
         raise ValueError(f"prediction {predicted.shape} and reference {truth.shape} differ in shape")
-    spacings = [float(spacing)] * 3 if isinstance(spacing, int | float) else [float(s) for s in spacing]
-    voxel_ml = math.prod(spacings) / 1000.0
-    connectivity = np.ones((3,) * predicted.ndim, dtype=bool)
-    truth_components, n_truth = ndimage.label(truth, structure=connectivity)
-    predicted_components, n_predicted = ndimage.label(predicted, structure=connectivity)
+    voxel_ml = _voxel_ml(spacing)
+    truth_components, n_truth = _lesions(truth)
+    predicted_components, n_predicted = _lesions(predicted)
     detected = len(np.unique(truth_components[predicted & truth]))  # reference lesions touched by a prediction
     true_predicted = len(np.unique(predicted_components[predicted & truth]))
     tpr = detected / n_truth if n_truth else math.nan
@@ -80,9 +89,8 @@ def remove_small_lesions(
     labels = np.array(labels)
     if min_volume_ml == 0:
         return labels
-    spacings = [float(spacing)] * 3 if isinstance(spacing, int | float) else [float(s) for s in spacing]
-    components, _ = ndimage.label(labels > 0, structure=np.ones((3,) * labels.ndim, dtype=bool))
+    components, _ = _lesions(labels > 0)
     voxels = np.bincount(components.ravel())
-    small = np.flatnonzero(voxels < min_volume_ml * 1000.0 / math.prod(spacings) - 1e-6)  # exactly the threshold stays
+    small = np.flatnonzero(voxels < min_volume_ml / _voxel_ml(spacing) - 1e-6)  # exactly the threshold stays
     labels[np.isin(components, small[small > 0])] = 0
     return labels

@@ -40,7 +40,8 @@ def native_case_metrics(
     truth, truth_affine = load_label(label_path, canonical=False)
     native = resample_to_grid(np.asarray(prediction, dtype=np.uint8), affine, truth.shape, truth_affine)[0]
     spacing = tuple(float(z) for z in nib.affines.voxel_sizes(truth_affine))
-    native = remove_small_lesions(native, spacing, min_lesion_ml)
+    if min_lesion_ml:
+        native = remove_small_lesions(native, spacing, min_lesion_ml)
     metrics = segmentation_metrics(torch.from_numpy(native)[None, None], torch.from_numpy(truth)[None, None],
                                    num_classes, spacing)
     return metrics, lesion_metrics(native, truth, spacing), spacing  # type: ignore[return-value]
